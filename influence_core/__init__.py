@@ -1,0 +1,1 @@
+"""Influence Explorer engine (placeholder during bootstrap)."""
