@@ -31,6 +31,7 @@ from influence_core.tracking import (
     TermFn,
     analysis_mode,
     label_terms,
+    model_logits,
     sampled_terms,
     true_fisher_terms,
 )
@@ -448,8 +449,7 @@ class InfluenceEngine:
         out = None
         with self._session(), torch.inference_mode():
             for batch in self._batches(encoded):
-                logits = self.tracker.model(**batch.inputs)
-                logits = getattr(logits, "logits", logits)
+                logits = model_logits(self.model, batch)
                 if out is None:
                     out = np.zeros((len(encoded), logits.shape[-1]))
                 out[batch.index] = torch.softmax(logits.double(), -1).cpu().numpy()

@@ -11,6 +11,7 @@ Padding tokens are zeroed in both. No parameter ``.grad`` is touched: gradients 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -77,8 +78,16 @@ def sampled_terms(generator: torch.Generator) -> TermFn:
     return terms
 
 
+def model_inputs(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    """The batch's tensors that ``model.forward`` accepts (DistilBERT takes no ``token_type_ids``)."""
+    params = inspect.signature(model.forward).parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return batch.inputs
+    return {key: value for key, value in batch.inputs.items() if key in params}
+
+
 def model_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
-    output = model(**batch.inputs)
+    output = model(**model_inputs(model, batch))
     logits = getattr(output, "logits", output)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ModelError("the model must return class logits of shape [batch, classes]; is it a classifier?")
