@@ -1,0 +1,33 @@
+"""Influence Explorer: which training reviews drive a text classifier's predictions.
+
+The frame: page setup, the shared sidebar (model, data, layers, method, damping; bound to the URL) and the
+page router. Each page lives in ``pages/``; shared glue in ``pages/common.py``; the computation in
+``influence_core``. Run with ``make app`` (binds to 127.0.0.1; ``make app HOST=0.0.0.0`` to expose it).
+"""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pages import common  # noqa: E402 - after the environment is set
+
+st.set_page_config(page_title="Influence Explorer", page_icon=":material/hub:", layout="wide")
+
+PAGES = [
+    st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    st.Page("pages/heatmap.py", title="Influence heatmap", icon=":material/grid_on:", url_path="heatmap"),
+    st.Page("pages/explain.py", title="Explain a prediction", icon=":material/manage_search:", url_path="explain"),
+    st.Page("pages/layers.py", title="Layers", icon=":material/layers:", url_path="layers"),
+    st.Page("pages/label_flip.py", title="Label-flip corruption", icon=":material/swap_horiz:", url_path="label-flip"),
+    st.Page("pages/regularization.py", title="Regularization", icon=":material/tune:", url_path="regularization"),
+    st.Page("pages/mislabel.py", title="Mislabel finder", icon=":material/flag:", url_path="mislabel"),
+    st.Page("pages/tour.py", title="Tour", icon=":material/slideshow:", url_path="tour"),
+]
+
+page = st.navigation(PAGES)
+common.guarded(common.sidebar)
+common.guarded(page.run)

@@ -1,0 +1,110 @@
+"""Explain a prediction: the training reviews that helped and hurt one test review, token by token."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from influence_core import figures
+from influence_core.highlight import highlight_tokens, legend_html, text_html
+from pages import common
+
+st.title("Explain a prediction")
+st.caption("Pick a test review to see which training reviews pushed the model towards or away from its label. "
+           + common.SIGN_HELP)
+
+out, analysis = common.require_analysis()
+n_test = analysis.scores.n_test
+wrong = np.flatnonzero(analysis.test_pred != analysis.test["label"].to_numpy())
+
+c1, c2, c3 = st.columns([3, 1, 1])
+only_wrong = c2.toggle("Only mistakes", key="ex_wrong", bind="query-params",
+                       help=f"{len(wrong)} of {n_test} test reviews are predicted wrongly.")
+options = list(wrong) if only_wrong and len(wrong) else list(range(n_test))
+q = c1.selectbox("Test review", options, format_func=lambda i: common.review_label(analysis, "test", i),
+                 key="test", bind="query-params")
+relative = c3.toggle("Relative influence", key="ex_rel", bind="query-params",
+                     help="Divide by sqrt(self-influence) of both reviews, so unusual, high-gradient training "
+                          "reviews do not dominate.")
+if only_wrong and not len(wrong):
+    st.success("The model gets every test review in this slice right; showing all of them.")
+if q is None:
+    st.stop()
+q = int(q)
+
+probs = analysis.scores.test_probs[q]
+label, pred = int(analysis.test["label"].iloc[q]), int(analysis.test_pred[q])
+with st.container(border=True):
+    verdict = "correct" if label == pred else "wrong"
+    st.markdown(f"**Test review #{q}** · label **{analysis.name(label)}** · predicted **{analysis.name(pred)}** "
+                f"({probs[pred]:.1%}, {verdict})")
+    st.html(text_html(analysis.test["text"].iloc[q]))
+
+row = analysis.influence(out.k, out.layers, relative=relative)[q]
+n_show = st.slider("Reviews per side", 1, 10, 3, key="ex_n", bind="query-params")
+order = np.argsort(-row)
+helpful = [int(j) for j in order[:n_show] if row[j] > 0]
+harmful = [int(j) for j in order[::-1][:n_show] if row[j] < 0]
+
+names = [f"+ #{j}" for j in helpful] + [f"− #{j}" for j in harmful]
+hover = analysis.train_hover()
+common.figure(
+    figures.influence_bars(row[helpful + harmful], names, [hover[j] for j in helpful + harmful],
+                           title="Most helpful and most harmful training reviews"),
+    f"explain_test_{q}", key="ex_bars",
+)
+
+highlight = st.toggle("Highlight tokens", value=True, key="ex_tokens", bind="query-params",
+                      help="Each token's share of the influence (computed for the reviews shown, then cached).")
+if highlight:
+    st.html(legend_html())
+norm = None
+if relative:
+    self_test = analysis.scores.test_self_total(out.k, out.layers)[q]
+    self_train = analysis.scores.self_total(out.k, out.layers)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def token_scores(analysis_key: str, damping: float, q: int, m: int, _spec, _test, _train) -> tuple[list[str], np.ndarray]:
+    engine = common.model_store().engine(_spec, damping)
+    result = engine.token_influence(_test[0], _test[1], _train[0], _train[1])
+    return list(result.tokens), np.asarray(result.scores)
+
+
+def show(j: int, kind: str) -> None:
+    train = analysis.train
+    with st.container(border=True):
+        st.markdown(
+            f"**{kind} · training review #{j}** · score **{row[j]:.4g}** · label {analysis.name(train['label'].iloc[j])}"
+            f" · predicted {analysis.name(analysis.train_pred[j])} · row {int(train['row_id'].iloc[j])}"
+        )
+        if not highlight:
+            st.html(text_html(train["text"].iloc[j]))
+            return
+        with st.spinner("Scoring tokens…"):
+            tokens, scores = token_scores(
+                analysis.key, out.damping, q, j, out.spec,
+                (analysis.test["text"].iloc[q], label), (train["text"].iloc[j], int(train["label"].iloc[j])),
+            )
+        if relative:
+            denominator = float(np.sqrt(max(self_test * self_train[j], 0.0))) or 1.0
+            scores = scores / denominator
+        st.html(highlight_tokens(tokens, scores))
+
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Helpful")
+    if not helpful:
+        st.caption("No training review has a positive influence on this prediction.")
+    for j in helpful:
+        show(j, "Helpful")
+with right:
+    st.subheader("Harmful")
+    if not harmful:
+        st.caption("No training review has a negative influence on this prediction.")
+    for j in harmful:
+        show(j, "Harmful")
+if highlight:
+    st.caption("Token scores use every analysed layer at the chosen damping; the pooler and classifier layers see "
+               "one vector per review and are credited to the first token.")

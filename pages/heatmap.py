@@ -1,0 +1,82 @@
+"""Influence heatmap: every test review against every training review, and the most extreme pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from influence_core import figures
+from influence_core.highlight import text_html
+from pages import analysis as core
+from pages import common
+
+st.title("Influence heatmap")
+st.caption("Rows are test reviews, columns training reviews. " + common.SIGN_HELP)
+
+out, analysis = common.require_analysis()
+
+c1, c2, c3, c4 = st.columns(4)
+score_kind = c1.radio("Scores", ["raw", "relative"], horizontal=True, key="hm_kind", bind="query-params",
+                      help="Relative = influence / sqrt(self-influence of both reviews): a cosine in [-1, 1].")
+row_order = c2.selectbox("Order test reviews", ["none", "sort", "cluster"], key="hm_rows", bind="query-params",
+                         help="sort: by mean influence; cluster: similar influence patterns together.")
+col_order = c3.selectbox("Order training reviews", ["none", "sort", "cluster"], key="hm_cols", bind="query-params")
+max_cols = c4.number_input("Training reviews shown", 10, 2000, 200, step=50, key="hm_max", bind="query-params",
+                           help="The columns with the largest total |influence| are kept, for a readable figure.")
+
+matrix = analysis.influence(out.k, out.layers, relative=score_kind == "relative")
+keep = np.sort(np.argsort(-np.abs(matrix).sum(axis=0))[: int(max_cols)])
+view = matrix[:, keep]
+rows = figures.order_indices(view, row_order, axis=0)
+cols = figures.order_indices(view, col_order, axis=1)
+test_hover, train_hover = analysis.test_hover(), analysis.train_hover()
+fig = figures.influence_heatmap(
+    view[np.ix_(rows, cols)],
+    row_hover=[test_hover[i] for i in rows],
+    col_hover=[train_hover[keep[j]] for j in cols],
+    row_names=[f"test {i}" for i in rows],
+    col_names=[f"train {keep[j]}" for j in cols],
+    colorbar_title="relative" if score_kind == "relative" else "influence",
+)
+if len(keep) < matrix.shape[1]:
+    st.caption(f"Showing the {len(keep)} of {matrix.shape[1]} training reviews with the largest total |influence|.")
+common.figure(fig, "influence_heatmap", key="heatmap")
+
+st.subheader("Most extreme pairs")
+st.caption("Select a row to read both reviews side by side (clicks on the heatmap itself do not reach the app).")
+pairs = core.top_pairs(matrix, 10)
+display = pairs.assign(
+    test_review=[analysis.test["text"].iloc[q][:120] for q in pairs["test"]],
+    train_review=[analysis.train["text"].iloc[m][:120] for m in pairs["train"]],
+    train_label=[analysis.name(analysis.train["label"].iloc[m]) for m in pairs["train"]],
+)
+selection = common.table(
+    display, "extreme_pairs", key="pairs", on_select="rerun", selection_mode="single-row",
+    column_config={"influence": st.column_config.NumberColumn(format="%.4g")},
+)
+picked = selection.selection.rows if selection is not None and hasattr(selection, "selection") else []
+pick = (int(pairs["test"].iloc[picked[0]]), int(pairs["train"].iloc[picked[0]])) if picked else None
+if pick is not None and st.session_state.get("_hm_pick") != pick:  # only a new table pick moves the selectors
+    st.session_state["hm_q"], st.session_state["hm_m"] = pick
+st.session_state["_hm_pick"] = pick
+
+st.subheader("Read a pair")
+n_test, n_train = matrix.shape
+s1, s2 = st.columns(2)
+q = s1.selectbox("Test review", range(n_test), format_func=lambda i: common.review_label(analysis, "test", i),
+                 key="hm_q", bind="query-params")
+m = s2.selectbox("Training review", range(n_train), format_func=lambda j: common.review_label(analysis, "train", j),
+                 key="hm_m", bind="query-params")
+if q is not None and m is not None:
+    value = matrix[q, m]
+    verdict = "helpful" if value > 0 else "harmful" if value < 0 else "neutral"
+    st.markdown(f"Influence of training review #{m} on test review #{q}: **{value:.4g}** ({verdict}).")
+    left, right = st.columns(2)
+    with left, st.container(border=True):
+        st.markdown(f"**Test review #{q}** · label {analysis.name(analysis.test['label'].iloc[q])} · "
+                    f"predicted {analysis.name(analysis.test_pred[q])}")
+        st.html(text_html(analysis.test["text"].iloc[q]))
+    with right, st.container(border=True):
+        st.markdown(f"**Training review #{m}** · label {analysis.name(analysis.train['label'].iloc[m])} · "
+                    f"predicted {analysis.name(analysis.train_pred[m])}")
+        st.html(text_html(analysis.train["text"].iloc[m]))

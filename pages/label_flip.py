@@ -1,0 +1,110 @@
+"""Label-flip corruption: flip training labels and see how the influences on the same test reviews change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from influence_core import figures
+from influence_core.cache import stable_hash
+from pages import analysis as core
+from pages import common
+
+st.title("Label-flip corruption")
+st.caption(
+    "What happens to the influences if some training labels were wrong? Flip them here: for a two-class model "
+    "the corrupted scores follow in closed form from the computed ones (instant); otherwise they are recomputed "
+    "in the background. " + common.SIGN_HELP
+)
+
+out, analysis = common.require_analysis()
+n_train = analysis.scores.n_train
+binary = len(analysis.label_names) == 2
+
+c1, c2, c3 = st.columns([1, 1, 1])
+mode = c1.radio("Flip", ["random", "chosen", "all"], horizontal=True, key="fl_mode", bind="query-params",
+                format_func={"random": "a random fraction", "chosen": "hand-picked", "all": "all"}.get)
+fraction, seed, chosen = 0.1, 0, []
+if mode == "random":
+    fraction = c2.slider("Fraction", 0.01, 1.0, 0.1, step=0.01, key="fl_frac", bind="query-params")
+    seed = int(c3.number_input("Seed", 0, 10_000, 0, key="fl_seed", bind="query-params"))
+elif mode == "chosen":
+    chosen = st.multiselect(
+        "Training reviews to flip", range(n_train), format_func=lambda j: common.review_label(analysis, "train", j, width=60),
+        key="fl_chosen", bind="query-params", placeholder="Pick training reviews (type to search)",
+    )
+flip = core.flip_mask(n_train, mode, fraction=fraction, seed=seed, chosen=chosen)
+if not flip.any():
+    st.info("Choose at least one training review to flip (or switch to a random fraction).")
+    st.stop()
+
+before = analysis.influence(out.k, out.layers)
+if binary:
+    after = analysis.scores.flipped(flip).total(out.k, out.layers)
+    method = "closed form"
+else:
+    key = f"flip-{analysis.key}-{out.k}-{stable_hash(np.flatnonzero(flip).tolist())}"
+    job = common.job_runner().get(key)
+    if job is None or job.status not in ("done",):
+        st.caption(f"{len(analysis.label_names)} classes: each flipped review gets the next class, and the scores are "
+                   "recomputed (one pass over the training reviews).")
+        if (job is None or not job.running) and st.button("Recompute with flipped labels", type="primary"):
+            spec, store, k = out.spec, common.model_store(), out.k
+            common.job_runner().start(
+                lambda progress: core.recompute_flipped(spec, store, analysis, flip, k, progress), key=key,
+                name="Recompute flipped influences",
+            )
+            st.rerun()
+        common.job_panel(key)
+        st.stop()
+    after = job.result
+    method = "recomputed (all layers)"
+
+changed = core.sign_changes(before, after)
+cols = st.columns(4)
+cols[0].metric("Flipped training reviews", int(flip.sum()))
+cols[1].metric("Pairs that change sign", f"{changed}", help="helpful ↔ harmful")
+cols[2].metric("Share of pairs", f"{changed / before.size:.1%}")
+cols[3].metric("Method", method)
+
+q_count = st.slider("Test reviews shown", 2, max(2, analysis.scores.n_test), min(20, analysis.scores.n_test),
+                    key="fl_rows", bind="query-params")
+rows = np.arange(min(int(q_count), analysis.scores.n_test))
+cols_shown = np.flatnonzero(flip)
+others = np.argsort(-np.abs(before).sum(axis=0))
+cols_shown = np.concatenate([cols_shown[:60], [j for j in others if not flip[j]][: max(0, 80 - min(60, len(cols_shown)))]])
+cols_shown = np.sort(cols_shown.astype(int))
+zmax = float(max(np.abs(before[np.ix_(rows, cols_shown)]).max(), np.abs(after[np.ix_(rows, cols_shown)]).max()) or 1.0)
+test_hover, train_hover = analysis.test_hover(), analysis.train_hover()
+col_names = [f"{'⇄ ' if flip[j] else ''}train {j}" for j in cols_shown]
+common_args = {
+    "row_hover": [test_hover[i] for i in rows],
+    "col_hover": [train_hover[j] + (" · label flipped" if flip[j] else "") for j in cols_shown],
+    "col_names": col_names,
+}
+st.caption("Columns marked ⇄ are flipped; both heatmaps share one colour scale. Up to 60 flipped and the most "
+           "influential other training reviews are shown.")
+left, right = st.columns(2)
+with left:
+    common.figure(figures.influence_heatmap(before[np.ix_(rows, cols_shown)], zmax=zmax, title="Original labels",
+                                            **common_args), "flip_original", key="fl_before")
+with right:
+    common.figure(figures.influence_heatmap(after[np.ix_(rows, cols_shown)], zmax=zmax, title="Corrupted labels",
+                                            **common_args), "flip_corrupted", key="fl_after")
+difference = after - before
+common.figure(
+    figures.influence_heatmap(difference[np.ix_(rows, cols_shown)], title="Difference (corrupted − original)",
+                              colorbar_title="change", **common_args),
+    "flip_difference", key="fl_diff",
+)
+common.figure(figures.before_after_scatter(before, after, flip, title="Before vs after, every pair"),
+              "flip_scatter", key="fl_scatter")
+
+st.subheader("Flipped reviews")
+flipped_idx = np.flatnonzero(flip)
+frame = common.reviews_table(analysis, "train", flipped_idx)
+frame["mean influence before"] = before[:, flipped_idx].mean(axis=0)
+frame["mean influence after"] = after[:, flipped_idx].mean(axis=0)
+frame["pairs changing sign"] = (np.sign(before[:, flipped_idx]) * np.sign(after[:, flipped_idx]) < 0).sum(axis=0)
+common.table(pd.DataFrame(frame), "flipped_reviews", key="fl_table")

@@ -1,0 +1,63 @@
+"""Layers: how each layer contributes to one test review's influence (as in pyDVL's layerwise notebook)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from influence_core import figures
+from pages import analysis as core
+from pages import common
+
+st.title("Layers")
+st.caption("Influence is a sum over layers. Which layers carry it, and do they agree? " + common.SIGN_HELP)
+
+out, analysis = common.require_analysis()
+scores = analysis.scores
+layers = out.layers
+
+c1, c2 = st.columns([3, 1])
+q = c1.selectbox("Test review", range(scores.n_test), format_func=lambda i: common.review_label(analysis, "test", i),
+                 key="test", bind="query-params")
+n_bars = c2.number_input("Training reviews", 5, 200, 30, step=5, key="ly_n", bind="query-params",
+                         help="The training reviews with the largest total |influence| on this test review.")
+q = int(q or 0)
+
+total = analysis.influence(out.k, layers)[q]
+top = np.argsort(-np.abs(total))[: int(n_bars)]
+top = top[np.argsort(-total[top])]  # most helpful on the left, most harmful on the right
+by_layer = {name: scores.pairwise[out.k, scores.layers.index(name), q, top] for name in layers}
+hover = analysis.train_hover()
+
+st.subheader("Layerwise influence on one test review")
+common.figure(
+    figures.layerwise_bars(by_layer, names=[f"#{j}" for j in top], hover=[hover[j] for j in top]),
+    f"layerwise_test_{q}", key="ly_bars",
+)
+
+st.subheader("Each layer's share of total |influence|")
+scope = st.radio("Over", ["this test review", "all test reviews"], horizontal=True, key="ly_scope", bind="query-params")
+shares = core.layer_shares(scores, out.k, layers, q if scope == "this test review" else None)
+common.figure(figures.layer_share_figure(shares), "layer_shares", key="ly_share")
+common.table(
+    pd.DataFrame({"layer": list(shares), "share": list(shares.values())}),
+    "layer_shares", key="ly_share_table", column_config={"share": st.column_config.NumberColumn(format="percent")},
+)
+
+st.subheader("Per-layer heatmap")
+layer = st.selectbox("Layer", ["(choose a layer)", *layers], format_func=lambda n: n if n.startswith("(") else common._short(n),
+                     key="ly_layer", bind="query-params")
+if layer and not layer.startswith("("):
+    matrix = scores.pairwise[out.k, scores.layers.index(layer)]
+    keep = np.sort(np.argsort(-np.abs(matrix).sum(axis=0))[:200])
+    test_hover = analysis.test_hover()
+    common.figure(
+        figures.influence_heatmap(
+            matrix[:, keep], row_hover=test_hover, col_hover=[hover[j] for j in keep],
+            col_names=[f"train {j}" for j in keep], title=common._short(layer),
+        ),
+        "layer_heatmap", key="ly_heat",
+    )
+else:
+    st.caption("Choose a layer to draw its test × train heatmap.")

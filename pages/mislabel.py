@@ -1,0 +1,143 @@
+"""Mislabel finder: rank training reviews by how suspicious their label is, and review them one by one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from influence_core import figures
+from influence_core.highlight import text_html
+from pages import analysis as core
+from pages import common
+
+st.title("Mislabel finder")
+st.caption(
+    "A training review whose label is wrong has to be memorised: its own loss depends strongly on its weight "
+    "(high self-influence), the model disagrees with it (high loss), and it tends to harm test predictions. Review "
+    "the most suspicious first; your marks are saved and survive restarts."
+)
+
+out, analysis = common.require_analysis()
+train = analysis.train
+scores_by_name = core.rankings(analysis, out.k, out.layers)
+names = list(scores_by_name)
+helps = {name: text for name, (text, _) in core.RANKINGS.items()}
+store = core.MarkStore.for_data(out.spec.train_data)
+marks = store.load()
+row_ids = train["row_id"].to_numpy()
+
+c1, c2 = st.columns([2, 1])
+rank_by = c1.selectbox("Rank by", names, key="mf_rank", bind="query-params",
+                       help="  \n".join(f"**{n}**: {helps.get(n, 'from influence_core.mislabel')}" for n in names))
+hide_marked = c2.toggle("Hide reviewed", value=True, key="mf_hide", bind="query-params")
+order = np.argsort(-np.nan_to_num(scores_by_name[rank_by], nan=-np.inf), kind="stable")
+ranks = {name: np.empty(len(train), dtype=int) for name in names}
+for name in names:
+    ranks[name][np.argsort(-np.nan_to_num(scores_by_name[name], nan=-np.inf), kind="stable")] = np.arange(1, len(train) + 1)
+
+# ---------------------------------------------------------------- the queue
+st.subheader("Review queue")
+reviewed = sum(1 for r in row_ids if int(r) in marks)
+st.progress(reviewed / max(len(train), 1), text=f"{reviewed} of {len(train)} training reviews reviewed")
+queue = [int(j) for j in order if not (hide_marked and int(row_ids[j]) in marks)]
+if not queue:
+    st.success("Every training review in this slice has been reviewed. Export the cleaned dataset below.")
+else:
+    j = queue[0]
+    row_id = int(row_ids[j])
+    label = int(train["label"].iloc[j])
+    pred = int(analysis.train_pred[j])
+    with st.container(border=True):
+        current = marks.get(row_id)
+        st.markdown(
+            f"**Rank {ranks[rank_by][j]} by {rank_by}** · training review #{j} (row {row_id}) · label "
+            f"**{analysis.name(label)}** · model predicts **{analysis.name(pred)}** "
+            f"({analysis.scores.train_probs[j, pred]:.0%})" + (f" · marked *{current['state']}*" if current else "")
+        )
+        st.html(text_html(train["text"].iloc[j]))
+        st.caption(" · ".join(f"{n}: {scores_by_name[n][j]:.4g} (rank {ranks[n][j]})" for n in names))
+        b1, b2, b3, b4 = st.columns([1, 1, 2, 1])
+        if b1.button("Mislabeled", key="mf_bad", type="primary", icon=":material/flag:"):
+            store.set(row_id, "mislabeled")
+            st.rerun()
+        if b2.button("Fine", key="mf_ok", icon=":material/check:"):
+            store.set(row_id, "fine")
+            st.rerun()
+        others = [c for c in range(len(analysis.label_names)) if c != label]
+        with b3:
+            new_label = st.selectbox("Relabel as", others, format_func=analysis.name, key="mf_new",
+                                     label_visibility="collapsed") if len(others) > 1 else others[0]
+            if st.button(f"Relabel as {analysis.name(new_label)}", key="mf_relabel", icon=":material/edit:"):
+                store.set(row_id, "relabel", int(new_label))
+                st.rerun()
+        if current and b4.button("Clear mark", key="mf_clear"):
+            store.clear(row_id)
+            st.rerun()
+
+# ---------------------------------------------------------------- rankings side by side
+st.subheader("Rankings side by side")
+top_n = st.slider("Reviews listed", 10, max(10, len(train)), min(50, len(train)), step=10, key="mf_top",
+                  bind="query-params")
+listed = order[: int(top_n)]
+frame = common.reviews_table(analysis, "train", listed)
+for name in names:
+    frame[f"{name} rank"] = ranks[name][listed]
+    frame[name] = scores_by_name[name][listed]
+frame["mark"] = [marks.get(int(r), {}).get("state", "") for r in frame["row_id"]]
+frame = frame[["train", "row_id", "mark", *[f"{n} rank" for n in names], *names, "label", "predicted", "confidence", "text"]]
+common.table(frame, f"ranking_by_{rank_by.replace(' ', '_')}", key="mf_table",
+             column_config={n: st.column_config.NumberColumn(format="%.4g") for n in names})
+
+# ---------------------------------------------------------------- ground truth
+st.subheader("How well does each ranking find known mislabels?")
+truth_columns = core.ground_truth_columns(train)
+choices = ["(none)", *truth_columns, "(my marks)"]
+truth_col = st.selectbox(
+    "Ground truth", choices, index=1 if truth_columns else 0, key="mf_truth", bind="query-params",
+    help="A column marking known wrong labels (the demo's planted_error), or your own 'mislabeled' marks.",
+)
+if truth_col == "(none)":
+    st.caption("Choose a column that marks known mislabels (e.g. planted_error) to grade the rankings.")
+else:
+    if truth_col == "(my marks)":
+        truth = np.array([marks.get(int(r), {}).get("state") in ("mislabeled", "relabel") for r in row_ids])
+    else:
+        truth = train[truth_col].astype(str).str.lower().isin(["1", "true"]).to_numpy()
+    if not truth.any():
+        st.info("No review is marked as mislabeled in this column (or slice) yet.")
+    else:
+        curves = figures.ranking_curves(scores_by_name, truth)
+        n_true = int(truth.sum())
+        metric_cols = st.columns(len(names))
+        for col, name in zip(metric_cols, names, strict=True):
+            at_k = curves[(curves.ranking == name) & (curves.k == n_true)]
+            col.metric(f"Precision at {n_true}: {name}", f"{float(at_k['precision'].iloc[0]):.0%}")
+        left, right = st.columns(2)
+        with left:
+            common.figure(figures.ranking_curve_figure(curves, "precision", n_true=n_true, title="Precision at k"),
+                          "precision_at_k", key="mf_prec")
+        with right:
+            common.figure(figures.ranking_curve_figure(curves, "recall", n_true=n_true, title="Recall at k"),
+                          "recall_at_k", key="mf_rec")
+
+# ---------------------------------------------------------------- exports
+st.subheader("Export")
+flags = core.flag_list(train, marks, analysis.label_names)
+cleaned = core.cleaned_dataset(train, marks, analysis.label_names)
+n_dropped = sum(1 for r in row_ids if marks.get(int(r), {}).get("state") == "mislabeled")
+n_relabelled = sum(1 for r in row_ids if marks.get(int(r), {}).get("state") == "relabel")
+st.caption(f"The cleaned dataset drops {n_dropped} reviews marked mislabeled and relabels {n_relabelled}; "
+           f"{len(cleaned)} of {len(train)} training reviews remain.")
+e1, e2, e3 = st.columns(3)
+e1.download_button("Download cleaned dataset (CSV)", cleaned.to_csv(index=False).encode("utf-8"),
+                   file_name="cleaned_training_reviews.csv", mime="text/csv", key="mf_dl_clean", on_click="ignore",
+                   type="primary", icon=":material/download:")
+e2.download_button("Download flag list (CSV)", flags.to_csv(index=False).encode("utf-8"), file_name="flagged_reviews.csv",
+                   mime="text/csv", key="mf_dl_flags", on_click="ignore", icon=":material/download:")
+if marks and e3.button("Clear all marks", key="mf_clear_all"):
+    store.clear()
+    st.rerun()
+if len(flags):
+    with st.expander(f"Marked reviews ({len(flags)})"):
+        st.dataframe(pd.DataFrame(flags), hide_index=True)

@@ -1,0 +1,100 @@
+"""Overview: the model and the data at a glance, and a "try a sentence" box."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from influence_core import figures
+from influence_core.cache import stable_hash
+from pages import common
+
+st.title("Overview")
+st.caption(
+    "Which training reviews drive this classifier's predictions? Start here: how good is the model on the test "
+    "reviews, and which training reviews does it lean on for a sentence of your own."
+)
+
+out, analysis = common.require_analysis()
+test = analysis.test
+labels = test["label"].to_numpy()
+pred = analysis.test_pred
+probs = analysis.scores.test_probs
+n_classes = len(analysis.label_names)
+
+accuracy = float(np.mean(pred == labels)) if len(labels) else float("nan")
+f1_per_class = []
+for c in range(n_classes):
+    tp = np.sum((pred == c) & (labels == c))
+    precision = tp / max(np.sum(pred == c), 1)
+    recall = tp / max(np.sum(labels == c), 1)
+    f1_per_class.append(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
+macro_f1 = float(np.mean(f1_per_class)) if f1_per_class else float("nan")
+
+cols = st.columns(4)
+cols[0].metric("Accuracy (test)", f"{accuracy:.1%}")
+cols[1].metric("Macro F1 (test)", f"{macro_f1:.3f}")
+cols[2].metric("Training reviews", analysis.scores.n_train)
+cols[3].metric("Test reviews", analysis.scores.n_test)
+for note in analysis.meta.get("notes", []):
+    st.caption(f"Note: {note}")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Confusion matrix")
+    matrix = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(matrix, (labels, pred), 1)
+    common.figure(figures.confusion_matrix_figure(matrix, analysis.label_names), "confusion_matrix", key="cm")
+with right:
+    st.subheader("Prediction confidence")
+    common.figure(figures.confidence_histogram(probs.max(axis=1), pred == labels), "confidence", key="conf")
+
+st.subheader("Try a sentence")
+st.caption(
+    "Type a review: the model predicts it, then the training reviews most responsible for that prediction are "
+    "scored (one pass over the training reviews, in the background). " + common.SIGN_HELP
+)
+sentence = st.text_area(
+    "Your review", "A warm, funny film with a wonderful cast.", max_chars=2000, key="sentence", height=80,
+)
+if sentence.strip():
+    key = f"try-{analysis.key}-{out.k}-{stable_hash(sentence)}"
+    job = common.job_runner().get(key)
+    if st.button("Predict and find the responsible training reviews", type="primary", key="try_go"):
+        spec, store, damping = out.spec, common.model_store(), out.damping
+
+        def run(progress):
+            engine = store.engine(spec, damping)
+            proba = engine.predict_proba([sentence])[0]
+            label = int(np.argmax(proba))
+            table = engine.score([sentence], [label], analysis.train["text"].tolist(),
+                                 analysis.train["label"].to_numpy(), self_influence=False, progress=progress)
+            return {"proba": proba, "label": label, "by_layer": table.pairwise[0, :, 0, :], "layers": table.layers}
+
+        job = common.job_runner().start(run, key=key, name="Score your sentence")
+        st.rerun()
+    common.job_panel(key)
+    if job is not None and job.status == "done":
+        result = job.result
+        chosen = [result["layers"].index(name) for name in out.layers if name in result["layers"]]
+        scores = result["by_layer"][chosen or slice(None)].sum(axis=0)
+        label = result["label"]
+        st.markdown(
+            f"**Prediction: {analysis.name(label)}** ({result['proba'][label]:.1%} confident). "
+            "Training reviews most responsible:"
+        )
+        order = np.argsort(-scores)
+        top = np.concatenate([order[:5], order[::-1][:5]])
+        frame = common.reviews_table(analysis, "train", top, scores)
+        frame.insert(0, "effect", ["helpful"] * 5 + ["harmful"] * 5)
+        common.table(
+            frame, "sentence_influence", key="try_table",
+            column_config={"influence": st.column_config.NumberColumn(format="%.4g"),
+                           "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1, format="%.2f")},
+        )
+
+with st.expander("Test reviews and predictions"):
+    frame = common.reviews_table(analysis, "test", np.arange(len(test)))
+    frame["correct"] = frame["label"] == frame["predicted"]
+    common.table(pd.DataFrame(frame), "test_predictions", key="test_preds")
