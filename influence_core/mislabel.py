@@ -1,0 +1,467 @@
+"""Which training labels are wrong: several suspicion rankings, a combined one, and how to grade them.
+
+Every ranking is a score per training example, shape [n_train], where **higher = more suspicious**:
+
+- ``self_influence``: ``I(m, m) = g_m^T (F + damping)^-1 g_m`` (EK-FAC, damped), as in Koh & Liang and
+  kronfluence's mislabel example. A wrong label must be memorised, so its own loss depends strongly on its
+  weight.
+- ``trusted_influence``: minus the example's summed influence on a held-out slice with labels one trusts
+  (``-sum_q I(q, m)``). A wrong label pushes the model away from clean data, so its influence there is
+  negative (harmful) and this score is high.
+- ``loss``: cross-entropy of the given label, ``-log p_y``.
+- ``margin``: minus the prediction margin, ``max_{c != y} p_c - p_y``, in [-1, 1].
+- ``combined``: the mean of the percentile ranks of :data:`COMBINED_PARTS` that are available (see
+  :func:`combine`); ``rank`` orders it (1 = most suspicious).
+
+``loss`` and ``margin`` use out-of-sample probabilities (e.g. cross-validated) when they are given, else the
+model's in-sample ones. The core functions are pure: :func:`mislabel_scores` works on a cached
+:class:`~influence_core.scores.ScoreTable` (the app's test slice serves as the trusted slice) and
+:func:`training_signals` computes the same inputs for a large training set from one gradient pass (the
+CLI's ``mislabels`` command). :func:`evaluate_rankings` grades rankings against known mislabels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from influence_core.errors import DataError
+from influence_core.scores import ScoreTable
+
+Progress = Callable[[int, int, str], None]
+
+#: Every ranking column of :func:`mislabel_scores`, in display order (``combined`` last).
+RANKINGS = ("self_influence", "trusted_influence", "loss", "margin", "combined")
+#: The rankings averaged (as percentile ranks) into ``combined``: one curvature-aware signal of memorisation
+#: (self-influence), one of harm to clean data (trusted influence) and the data scientist's baseline (loss).
+#: ``margin`` is left out because it orders binary examples exactly as ``loss`` does and would count twice.
+#: Chosen before looking at the benchmark's evaluation seeds; see benchmarks/MISLABEL.md.
+COMBINED_PARTS = ("self_influence", "trusted_influence", "loss")
+#: One-line explanations for the UI and the CLI.
+DESCRIPTIONS = {
+    "self_influence": "EK-FAC self-influence I(m, m): how much the review's own loss depends on its weight.",
+    "trusted_influence": "Minus the review's summed influence on the trusted slice: high = it hurts clean data.",
+    "loss": "Cross-entropy of the given label (out-of-sample when such predictions are supplied).",
+    "margin": "Minus the prediction margin p(given label) - max p(other label).",
+    "combined": "Mean percentile rank of " + ", ".join(COMBINED_PARTS) + ".",
+}
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+@dataclass
+class TrainingSignals:
+    """Per-training-example quantities the rankings are built from.
+
+    Attributes:
+        dampings: Damping values, shape [K].
+        layers: Layer names, length L.
+        self_influence: ``I(m, m)``, shape [K, L, n_train] (>= 0), or None.
+        trusted_influence: ``sum_q I(q, m)`` over the trusted slice, shape [K, L, n_train]; positive = helpful
+            for the trusted slice. None without a trusted slice.
+        train_probs: Predicted class probabilities, shape [n_train, C].
+        train_labels: Given labels, shape [n_train].
+        n_trusted: Size of the trusted slice (0 without one).
+    """
+
+    dampings: np.ndarray
+    layers: list[str]
+    self_influence: np.ndarray | None
+    trusted_influence: np.ndarray | None
+    train_probs: np.ndarray
+    train_labels: np.ndarray
+    n_trusted: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_table(cls, table: ScoreTable) -> TrainingSignals:
+        """The signals of a ScoreTable; its test examples are the trusted slice."""
+        trusted = table.pairwise.sum(axis=2) if table.n_test else None
+        return cls(dampings=np.asarray(table.dampings), layers=list(table.layers), self_influence=table.self_influence,
+                   trusted_influence=trusted, train_probs=np.asarray(table.train_probs),
+                   train_labels=np.asarray(table.train_labels), n_trusted=table.n_test, meta=dict(table.meta))
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_labels)
+
+    def _layer_index(self, layers: Sequence[str] | None) -> list[int]:
+        if layers is None:
+            return list(range(len(self.layers)))
+        unknown = [name for name in layers if name not in self.layers]
+        if unknown:
+            raise DataError(f"layers not in these scores: {', '.join(unknown)}; choose among {', '.join(self.layers)}")
+        return [self.layers.index(name) for name in layers]
+
+    def self_total(self, k: int = 0, layers: Sequence[str] | None = None) -> np.ndarray | None:
+        """Self-influence summed over ``layers``, shape [n_train], or None if not computed."""
+        if self.self_influence is None:
+            return None
+        return self.self_influence[k, self._layer_index(layers)].sum(axis=0)
+
+    def trusted_total(self, k: int = 0, layers: Sequence[str] | None = None) -> np.ndarray | None:
+        """Summed influence on the trusted slice, shape [n_train] (positive = helpful), or None."""
+        if self.trusted_influence is None:
+            return None
+        return self.trusted_influence[k, self._layer_index(layers)].sum(axis=0)
+
+
+def training_signals(engine, train_texts, train_labels, trusted_texts=None, trusted_labels=None, *,
+                     dampings: Sequence[float] | None = None, progress: Progress | None = None) -> TrainingSignals:
+    """Self-influence, summed influence on the trusted slice and predictions from one training-gradient pass.
+
+    The trusted slice's gradients are rotated and *summed* before the training pass, so memory does not
+    grow with its size and the training examples are visited once (``engine.score`` would keep one
+    rotated gradient per trusted example and pass over the training set once per chunk of them). By
+    linearity ``trusted_influence[k, l, m] == engine.score(...).pairwise[k, l].sum(axis=0)[m]``.
+
+    Args:
+        engine: A fitted :class:`~influence_core.engine.InfluenceEngine` (factors fitted or loaded).
+        train_texts, train_labels: The training examples to rank (n_train).
+        trusted_texts, trusted_labels: The trusted slice, or None.
+        dampings: Damping values to compute (default: the engine's).
+
+    Returns:
+        TrainingSignals with arrays [K, L, n_train].
+    """
+    import torch
+
+    from influence_core.batches import num_batches
+    from influence_core.engine import _StepCounter
+
+    values = engine._dampings(dampings)
+    train = engine.encode(train_texts, train_labels)
+    if (train.labels < 0).any():
+        raise DataError("every training example needs a label to be ranked")
+    trusted = None
+    if trusted_texts is not None:
+        trusted = engine.encode(trusted_texts, trusted_labels)
+        if len(trusted) == 0:
+            raise DataError("the trusted slice is empty")
+        if (trusted.labels < 0).any():
+            raise DataError("every trusted example needs a label")
+    rotations, weights = engine._weights(values)
+    dtype, device = engine.config.torch_dtype, engine.config.device
+    sizes = {name: engine._layer_size(name) for name in engine.layers}
+    per_query = sum(sizes.values()) * torch.tensor([], dtype=dtype).element_size()
+    chunk = max(1, engine.query_memory_bytes // max(per_query, 1))
+    n_trusted = 0 if trusted is None else len(trusted)
+    steps = num_batches(len(train), engine.config.batch_size)
+    steps += sum(num_batches(min(chunk, n_trusted - s), engine.config.batch_size) for s in range(0, n_trusted, chunk))
+    tracker = _StepCounter(progress, steps)
+    summed = {name: torch.zeros(1, size, dtype=dtype, device=device) for name, size in sizes.items()}
+    with engine._session(), engine.tracker.hooks():
+        for start in range(0, n_trusted, chunk):
+            rows = np.arange(start, min(start + chunk, n_trusted))
+            queries, _, _ = engine._queries(trusted.subset(rows), rotations, weights, tracker)
+            for name in engine.layers:
+                summed[name] += queries[name].sum(dim=0, keepdim=True)
+            del queries
+        block, self_values, probs = engine._train_pass(train, summed, rotations, weights, True, tracker)
+    return TrainingSignals(
+        dampings=values, layers=list(engine.layers), self_influence=self_values,
+        trusted_influence=block[:, :, 0, :] if trusted is not None else None, train_probs=probs,
+        train_labels=train.labels.copy(), n_trusted=n_trusted,
+        meta={"config": engine.config.key(), "fingerprint": engine.fingerprint},
+    )
+
+
+# ----------------------------------------------------------------------------------------------- rankings
+def percentile_ranks(scores: np.ndarray) -> np.ndarray:
+    """Rank of each score divided by n, in (0, 1]; ties share their mean rank, NaN ranks lowest. Shape [n]."""
+    scores = np.asarray(scores, dtype=float)
+    if scores.size == 0:
+        return scores.copy()
+    filled = np.where(np.isnan(scores), -np.inf, scores)
+    return stats.rankdata(filled, method="average") / scores.size
+
+
+def combine(columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Mean of the percentile ranks of several suspicion scores (each [n], higher = more suspicious), [n].
+
+    Percentile ranks put scores on one scale without any fitted weight: the rankings are on incomparable
+    scales (self-influence spans orders of magnitude), and equal weights need no labels to tune.
+    """
+    if not columns:
+        raise DataError("nothing to combine: no ranking is available")
+    return np.mean([percentile_ranks(values) for values in columns.values()], axis=0)
+
+
+def label_losses(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Cross-entropy of the given labels, ``-log p_y``, shape [n]; higher = more suspicious."""
+    probs, labels = np.asarray(probs, dtype=float), np.asarray(labels, dtype=int)
+    return -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))
+
+
+def negative_margins(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``max_{c != y} p_c - p_y``, shape [n], in [-1, 1]; higher = more suspicious (the model prefers another class)."""
+    probs, labels = np.asarray(probs, dtype=float), np.asarray(labels, dtype=int)
+    rows = np.arange(len(labels))
+    given = probs[rows, labels]
+    others = probs.copy()
+    others[rows, labels] = -np.inf
+    return others.max(axis=1) - given
+
+
+def _check_probs(probs: np.ndarray, n: int, classes: int) -> np.ndarray:
+    probs = np.asarray(probs, dtype=float)
+    if probs.ndim != 2 or probs.shape[0] != n:
+        raise DataError(f"out-of-sample probabilities must have one row per training example ({n}), got {probs.shape}")
+    if classes and probs.shape[1] != classes:
+        raise DataError(f"out-of-sample probabilities have {probs.shape[1]} columns but the model has {classes} classes")
+    if not np.isfinite(probs).all() or (probs < 0).any():
+        raise DataError("out-of-sample probabilities must be finite and non-negative")
+    return probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
+
+
+def mislabel_scores(table: ScoreTable | TrainingSignals, k: int = 0, layers: Sequence[str] | None = None,
+                    trusted: bool = True, probs: np.ndarray | None = None,
+                    parts: Sequence[str] = COMBINED_PARTS) -> pd.DataFrame:
+    """Every suspicion ranking for the training examples of ``table``, without recomputing anything.
+
+    Args:
+        table: A ScoreTable (its test examples are the trusted slice) or :class:`TrainingSignals`.
+        k: Damping index.
+        layers: Layers to sum (default: all in the table).
+        trusted: Include ``trusted_influence`` (only meaningful when the test slice's labels are trusted).
+        probs: Out-of-sample probabilities [n_train, C] for ``loss`` and ``margin`` (default: in-sample).
+        parts: The rankings averaged into ``combined`` (those unavailable are skipped).
+
+    Returns:
+        DataFrame with n_train rows in training order and columns ``self_influence``, ``trusted_influence``
+        (when available), ``loss``, ``margin``, ``combined`` (all: higher = more suspicious) and ``rank``
+        (1 = most suspicious by ``combined``). ``df.attrs`` holds ``probs`` ("out-of-sample" or "in-sample")
+        and ``combined_parts``.
+    """
+    signals = TrainingSignals.from_table(table) if isinstance(table, ScoreTable) else table
+    if not 0 <= k < len(signals.dampings):
+        raise DataError(f"damping index {k} is outside 0..{len(signals.dampings) - 1}")
+    columns: dict[str, np.ndarray] = {}
+    self_values = signals.self_total(k, layers)
+    if self_values is not None:
+        columns["self_influence"] = self_values
+    trusted_values = signals.trusted_total(k, layers) if trusted else None
+    if trusted_values is not None:
+        columns["trusted_influence"] = -trusted_values
+    source = signals.train_probs
+    if probs is not None:
+        source = _check_probs(probs, signals.n_train, signals.train_probs.shape[1])
+    columns["loss"] = label_losses(source, signals.train_labels)
+    columns["margin"] = negative_margins(source, signals.train_labels)
+    used = {name: columns[name] for name in parts if name in columns}
+    frame = pd.DataFrame(columns)
+    frame["combined"] = combine(used)
+    frame["rank"] = rank_order(frame["combined"].to_numpy())
+    frame.attrs.update(probs="out-of-sample" if probs is not None else "in-sample", combined_parts=list(used),
+                       n_trusted=signals.n_trusted if trusted_values is not None else 0)
+    return frame
+
+
+def rank_order(scores: np.ndarray) -> np.ndarray:
+    """1-based rank of each score, highest first; ties keep row order, NaN last. Shape [n], int."""
+    order = _descending(scores)
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(1, len(order) + 1)
+    return ranks
+
+
+def rankings(table: ScoreTable, k: int = 0, layers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The rankings for the app's mislabel finder: ``{name: [n_train]}``, higher = more suspicious."""
+    frame = mislabel_scores(table, k=k, layers=layers)
+    return {name: frame[name].to_numpy() for name in RANKINGS if name in frame.columns}
+
+
+# ----------------------------------------------------------------------------------------------- grading
+def _descending(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, dtype=float)
+    return np.argsort(-np.where(np.isnan(scores), -np.inf, scores), kind="stable")
+
+
+def _truth(truth: np.ndarray, n: int) -> np.ndarray:
+    truth = np.asarray(truth).astype(bool).reshape(-1)
+    if truth.shape != (n,):
+        raise DataError(f"the ground truth has {truth.size} entries but there are {n} scores")
+    return truth
+
+
+def precision_at_k(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Share of true mislabels among the ``k`` highest scores (ties: earlier rows first)."""
+    truth = _truth(truth, len(scores))
+    k = int(k)
+    if k < 1:
+        raise DataError(f"k must be at least 1, got {k}")
+    return float(truth[_descending(scores)[:k]].mean())
+
+
+def recall_at_fraction(scores: np.ndarray, truth: np.ndarray, fraction: float) -> float:
+    """Share of all true mislabels found when inspecting the top ``ceil(fraction * n)`` scores."""
+    truth = _truth(truth, len(scores))
+    if not truth.any():
+        return float("nan")
+    top = max(1, math.ceil(fraction * len(truth) - 1e-9))
+    return float(truth[_descending(scores)[:top]].sum() / truth.sum())
+
+
+def recall_curve(scores: np.ndarray, truth: np.ndarray) -> pd.DataFrame:
+    """Inspecting the highest scores first: columns ``inspected`` (1..n), ``fraction`` (inspected / n),
+    ``found`` (true mislabels so far), ``recall`` and ``precision``; one row per inspected example."""
+    truth = _truth(truth, len(scores))
+    found = np.cumsum(truth[_descending(scores)])
+    inspected = np.arange(1, len(truth) + 1)
+    total = max(int(truth.sum()), 1)
+    return pd.DataFrame({"inspected": inspected, "fraction": inspected / len(truth), "found": found,
+                         "recall": found / total, "precision": found / inspected})
+
+
+def roc_auc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Probability that a random true mislabel scores above a random clean example (ties count 1/2).
+
+    The Mann-Whitney U statistic over (truth, scores); NaN scores rank lowest; NaN if one class is empty.
+    """
+    truth = _truth(truth, len(scores))
+    positives, negatives = int(truth.sum()), int((~truth).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    scores = np.asarray(scores, dtype=float)
+    ranks = stats.rankdata(np.where(np.isnan(scores), -np.inf, scores), method="average")
+    return float((ranks[truth].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    """``sum_n (R_n - R_{n-1}) P_n`` over distinct score thresholds, highest first (scikit-learn's definition:
+    tied scores enter together). 1 = every mislabel ranked above every clean example; a random ranking
+    scores about the mislabel rate."""
+    truth = _truth(truth, len(scores))
+    if not truth.any():
+        return float("nan")
+    scores = np.asarray(scores, dtype=float)
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, hits = scores[order], truth[order].astype(float)
+    # the last index of each group of tied scores is a threshold
+    last = np.r_[np.flatnonzero(np.diff(sorted_scores) != 0), len(sorted_scores) - 1]
+    true_positives = np.cumsum(hits)[last]
+    precision = true_positives / (last + 1)
+    recall = true_positives / truth.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def evaluate_rankings(df: pd.DataFrame | Mapping[str, np.ndarray], truth: np.ndarray, *, k: int | None = None,
+                      columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Grade each ranking against known mislabels.
+
+    Args:
+        df: Scores, one column per ranking (higher = more suspicious), e.g. from :func:`mislabel_scores`.
+        truth: True where the label is known to be wrong, shape [n].
+        k: For precision at k; default the number of true mislabels.
+        columns: Rankings to grade; default every known ranking column present (see :data:`RANKINGS`).
+
+    Returns:
+        One row per ranking: ``ranking``, ``roc_auc``, ``average_precision``, ``precision_at_k``,
+        ``recall_at_10pct``, ``recall_at_20pct``; ``attrs["k"]`` is the k used.
+    """
+    frame = pd.DataFrame(df) if not isinstance(df, pd.DataFrame) else df
+    if columns is None:
+        columns = [name for name in frame.columns if name in RANKINGS]
+        columns += [name for name in frame.columns if name not in RANKINGS and name != "rank"
+                    and isinstance(df, Mapping) and not isinstance(df, pd.DataFrame)]
+    truth = _truth(truth, len(frame))
+    k = int(truth.sum()) if k is None else int(k)
+    rows = []
+    for name in columns:
+        scores = frame[name].to_numpy(dtype=float)
+        rows.append({"ranking": name, "roc_auc": roc_auc(scores, truth),
+                     "average_precision": average_precision(scores, truth),
+                     "precision_at_k": precision_at_k(scores, truth, k) if k >= 1 else float("nan"),
+                     "recall_at_10pct": recall_at_fraction(scores, truth, 0.10),
+                     "recall_at_20pct": recall_at_fraction(scores, truth, 0.20)})
+    result = pd.DataFrame(rows, columns=["ranking", "roc_auc", "average_precision", "precision_at_k",
+                                         "recall_at_10pct", "recall_at_20pct"])
+    result.attrs["k"] = k
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def add_cli(subparsers) -> None:
+    """Register ``mislabels`` (and ``clean-and-retrain`` from :mod:`influence_core.retrain`)."""
+    from influence_core import cli
+
+    parser = subparsers.add_parser(
+        "mislabels", help="rank training rows by how suspicious their label is (.csv)",
+        description="Score every training row with self-influence, influence on a trusted slice, loss and "
+        "margin, combine them, and write the rows with one column per ranking (higher = more suspicious).")
+    cli._model_options(parser)
+    parser.add_argument("--train", required=True, help="training rows to rank (.csv, .tsv, .parquet, .jsonl)")
+    parser.add_argument("--trusted", default=None,
+                        help="held-out rows with trusted labels; adds trusted_influence (recommended)")
+    parser.add_argument("--probs", default=None,
+                        help="out-of-sample class probabilities, one row per training row and one column per "
+                        "class (named by label or in class order); used for loss and margin")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--factors", help="factors from `fit` (default: fit on --fit)")
+    group.add_argument("--fit", help="examples to fit the factors on (default: the --train file)")
+    cli._engine_options(parser)
+    parser.add_argument("--out", required=True, help="output CSV: the input rows plus the rankings and rank")
+    parser.set_defaults(func=run_mislabels)
+    try:
+        from influence_core import retrain
+    except ImportError:  # pragma: no cover - same package
+        return
+    retrain.add_cli(subparsers)
+
+
+def run_mislabels(args: argparse.Namespace) -> int:
+    from influence_core import cli
+    from influence_core.data import read_table
+
+    out = cli._check_out(args.out)
+    raw = cli.read_examples(args.train, args)
+    trusted = cli.read_examples(args.trusted, args) if args.trusted else None
+    loaded = cli.load_model(args)
+    engine = cli.make_engine(args, loaded)
+    train = cli.aligned(raw, loaded)
+    trusted = cli.aligned(trusted, loaded) if trusted is not None else None
+    probs = _read_probs(read_table(args.probs), loaded.label_names, len(train), args.probs) if args.probs else None
+    start = time.perf_counter()
+    cli.prepare_factors(engine, args, loaded, args.train)
+    signals = training_signals(engine, train["text"].tolist(), train["label"].to_numpy(),
+                               None if trusted is None else trusted["text"].tolist(),
+                               None if trusted is None else trusted["label"].to_numpy(), progress=cli._Bar("mislabels"))
+    scores = mislabel_scores(signals, probs=probs)
+    rows = raw.reset_index(drop=True)
+    for name in scores.columns:
+        rows[name] = scores[name].to_numpy()
+    rows.to_csv(out, index=False)
+    parts = ", ".join(scores.attrs["combined_parts"])
+    print(f"saved {len(rows)} rows with {len(scores.columns) - 2} rankings to {out} ({time.perf_counter() - start:.1f} s;"
+          f" higher = more suspicious; rank 1 = most suspicious by the mean percentile rank of {parts})")
+    return 0
+
+
+def _read_probs(table: pd.DataFrame, label_names: Sequence[str], n: int, where: str) -> np.ndarray:
+    """Probabilities [n, C] from a table: columns named by the labels (``prob_<label>`` too) or all numeric."""
+    names = [str(name) for name in label_names]
+    for prefix in ("", "prob_", "p_"):
+        wanted = [prefix + name for name in names]
+        if all(col in table.columns for col in wanted):
+            values = table[wanted]
+            break
+    else:
+        values = table.select_dtypes("number")
+        if values.shape[1] != len(names):
+            raise DataError(f"{where}: expected {len(names)} probability columns named {', '.join(names)} "
+                            f"(or exactly {len(names)} numeric columns), found {', '.join(map(str, table.columns))}")
+    return _check_probs(values.to_numpy(dtype=float), n, len(names))
+
+
+__all__ = [
+    "COMBINED_PARTS", "DESCRIPTIONS", "RANKINGS", "TrainingSignals", "add_cli", "average_precision", "combine",
+    "evaluate_rankings", "label_losses", "mislabel_scores", "negative_margins", "percentile_ranks",
+    "precision_at_k", "rank_order", "rankings", "recall_at_fraction", "recall_curve", "roc_auc", "training_signals",
+]
