@@ -691,7 +691,7 @@ def recompute_flipped(spec: AnalysisSpec, store: ModelStore, analysis: Analysis,
 # rankings for the mislabel finder: name -> (help text, function(analysis, k, layers) -> [n_train], higher = more suspicious)
 Ranking = Callable[[Analysis, int, Sequence[str] | None], np.ndarray]
 RANKINGS: dict[str, tuple[str, Ranking]] = {
-    "self-influence": (
+    "self_influence": (
         "How much the review's own loss depends on its weight: mislabeled reviews must be memorised, so they score high.",
         lambda a, k, layers: a.scores.self_total(k, list(layers) if layers else None),
     ),
@@ -699,33 +699,46 @@ RANKINGS: dict[str, tuple[str, Ranking]] = {
         "The model's loss on the given label: a confident disagreement with the label is suspicious.",
         lambda a, k, layers: a.scores.train_losses(),
     ),
-    "relative harm": (
+    "relative_harm": (
         "Mean relative influence on the test reviews, negated: reviews that are harmful for their size rank first.",
         lambda a, k, layers: -a.scores.relative(k, list(layers) if layers else None).mean(axis=0),
     ),
 }
 
 
+def ranking_help() -> dict[str, str]:
+    """One line per ranking name, for the UI."""
+    helps = {name: text for name, (text, _) in RANKINGS.items()}
+    try:
+        from influence_core import mislabel
+
+        helps.update(getattr(mislabel, "DESCRIPTIONS", {}))
+    except ImportError:
+        pass
+    return helps
+
+
 def rankings(analysis: Analysis, k: int, layers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Every available suspicion score per training review ``{name: [n_train]}``, higher = more suspicious.
 
-    Extra rankings from ``influence_core.mislabel`` (``rankings(scores, k=...)`` returning a dict) are added as
-    further columns when that module provides them.
+    The rankings of ``influence_core.mislabel`` (self-influence, trusted influence, loss, margin, combined) come
+    first when that module is present; the app's own (:data:`RANKINGS`) fill in what it lacks. Each becomes a
+    column of the finder's table, so adding a ranking there adds it to the page.
     """
-    out = {name: np.asarray(fn(analysis, k, layers), dtype=float) for name, (_, fn) in RANKINGS.items()}
+    chosen = list(layers) if layers else None
+    out: dict[str, np.ndarray] = {}
     try:
-        from influence_core import mislabel  # optional, from another part of the project
-    except ImportError:
-        return out
-    extra = getattr(mislabel, "rankings", None)
-    if callable(extra):
-        try:
-            for name, values in dict(extra(analysis.scores, k=k)).items():
-                values = np.asarray(values, dtype=float).reshape(-1)
-                if values.shape == (analysis.scores.n_train,) and name not in out:
-                    out[str(name)] = values
-        except (InfluenceError, TypeError, ValueError, KeyError):
-            pass
+        from influence_core import mislabel
+
+        for name, values in mislabel.rankings(analysis.scores, k=k, layers=chosen).items():
+            values = np.asarray(values, dtype=float).reshape(-1)
+            if values.shape == (analysis.scores.n_train,):
+                out[str(name)] = values
+    except (ImportError, AttributeError, InfluenceError, TypeError, ValueError, KeyError):
+        pass
+    for name, (_, fn) in RANKINGS.items():
+        if name not in out:
+            out[name] = np.asarray(fn(analysis, k, chosen), dtype=float)
     return out
 
 

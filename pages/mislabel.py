@@ -22,14 +22,14 @@ out, analysis = common.require_analysis()
 train = analysis.train
 scores_by_name = core.rankings(analysis, out.k, out.layers)
 names = list(scores_by_name)
-helps = {name: text for name, (text, _) in core.RANKINGS.items()}
+helps = core.ranking_help()
 store = core.MarkStore.for_data(out.spec.train_data)
 marks = store.load()
 row_ids = train["row_id"].to_numpy()
 
 c1, c2 = st.columns([2, 1])
-rank_by = c1.selectbox("Rank by", names, key="mf_rank", bind="query-params",
-                       help="  \n".join(f"**{n}**: {helps.get(n, 'from influence_core.mislabel')}" for n in names))
+rank_by = c1.selectbox("Rank by", names, key="mf_rank", bind="query-params", format_func=lambda n: n.replace("_", " "),
+                       help="  \n".join(f"**{n.replace('_', ' ')}**: {helps.get(n, '')}" for n in names))
 hide_marked = c2.toggle("Hide reviewed", value=True, key="mf_hide", bind="query-params")
 order = np.argsort(-np.nan_to_num(scores_by_name[rank_by], nan=-np.inf), kind="stable")
 ranks = {name: np.empty(len(train), dtype=int) for name in names}
