@@ -38,8 +38,9 @@ DAMPING_CHOICES = {
 }
 DEFAULT_DAMPING = {"absolute": 1e-5, "relative": 1e-2}
 DEFAULT_TEST_REVIEWS = 40
-MODEL_KINDS = {"demo": "Built-in demo model", "hub": "Hugging Face Hub id", "local": "Local folder"}
-DATA_KINDS = {"demo": "Built-in demo reviews", "upload": "Upload a table", "hub": "Hugging Face dataset"}
+# Bound select boxes put the *displayed* option in the URL, so the options themselves are short and readable.
+MODEL_KINDS = {"built-in demo": "demo", "Hub id": "hub", "local folder": "local"}
+DATA_KINDS = {"built-in demo": "demo", "upload": "upload", "Hub dataset": "hub"}
 
 
 # ------------------------------------------------------------------------------------------- shared state
@@ -128,15 +129,15 @@ def sidebar() -> Frame:
 
 def _analysis_controls() -> tuple[AnalysisSpec, int, int]:
     default_model = core.default_model_source()
-    kind = st.selectbox(
+    kinds = list(MODEL_KINDS.values())
+    kind = MODEL_KINDS[st.selectbox(
         "Model",
         list(MODEL_KINDS),
-        index=list(MODEL_KINDS).index(default_model.kind),
-        format_func=MODEL_KINDS.get,
+        index=kinds.index(default_model.kind),
         key="model",
         bind="query-params",
         help="The classifier to explain. The demo model is MiniLM fine-tuned on the demo reviews (trained on first use).",
-    )
+    )]
     if kind == "demo":
         model = ModelSource("demo")
     else:
@@ -215,8 +216,8 @@ def _analysis_controls() -> tuple[AnalysisSpec, int, int]:
 
 
 def _data_controls() -> tuple[DataSource, DataSource]:
-    kind = st.selectbox("Data", list(DATA_KINDS), format_func=DATA_KINDS.get, key="data", bind="query-params",
-                        help="Where the training and test reviews come from.")
+    kind = DATA_KINDS[st.selectbox("Data", list(DATA_KINDS), key="data", bind="query-params",
+                                   help="Where the training and test reviews come from.")]
     if kind == "demo":
         return DataSource("demo", split="train"), DataSource("demo", split="test")
     if kind == "hub":
@@ -326,6 +327,34 @@ def _short(name: str) -> str:
     from influence_core.figures import _short_layer
 
     return _short_layer(name)
+
+
+def url_choice(widget, label: str, options, *, key: str, default=None, **kwargs):
+    """``st.selectbox`` or ``st.multiselect`` whose value is kept in the URL as the option's own text.
+
+    Bound widgets (``bind="query-params"``) write the *displayed* label into the URL; for reviews that label is a
+    long snippet, so these keep ``?test=12`` through ``st.query_params`` instead.
+    """
+    options = list(options)
+    by_text = {str(option): option for option in options}
+    multi = widget is st.multiselect
+    if key not in st.session_state:
+        if multi and key in st.query_params:
+            picked = [by_text[t] for t in st.query_params.get_all(key) if t in by_text]
+            st.session_state[key] = picked
+        elif not multi and st.query_params.get(key) in by_text:
+            st.session_state[key] = by_text[st.query_params.get(key)]
+    if key not in st.session_state and default is not None:
+        if multi:
+            kwargs["default"] = default
+        elif default in options:
+            kwargs["index"] = options.index(default)
+    value = widget(label, options, key=key, **kwargs)
+    text = [str(v) for v in value] if multi else ("" if value is None else str(value))
+    current = st.query_params.get_all(key) if multi else st.query_params.get(key)
+    if current != text:
+        st.query_params[key] = text
+    return value
 
 
 # ------------------------------------------------------------------------------------------- jobs

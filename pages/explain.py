@@ -21,8 +21,9 @@ c1, c2, c3 = st.columns([3, 1, 1])
 only_wrong = c2.toggle("Only mistakes", key="ex_wrong", bind="query-params",
                        help=f"{len(wrong)} of {n_test} test reviews are predicted wrongly.")
 options = list(wrong) if only_wrong and len(wrong) else list(range(n_test))
-q = c1.selectbox("Test review", options, format_func=lambda i: common.review_label(analysis, "test", i),
-                 key="test", bind="query-params")
+with c1:
+    q = common.url_choice(st.selectbox, "Test review", options, key="test",
+                          format_func=lambda i: common.review_label(analysis, "test", i))
 relative = c3.toggle("Relative influence", key="ex_rel", bind="query-params",
                      help="Divide by sqrt(self-influence) of both reviews, so unusual, high-gradient training "
                           "reviews do not dominate.")

@@ -63,10 +63,12 @@ st.session_state["_hm_pick"] = pick
 st.subheader("Read a pair")
 n_test, n_train = matrix.shape
 s1, s2 = st.columns(2)
-q = s1.selectbox("Test review", range(n_test), format_func=lambda i: common.review_label(analysis, "test", i),
-                 key="hm_q", bind="query-params")
-m = s2.selectbox("Training review", range(n_train), format_func=lambda j: common.review_label(analysis, "train", j),
-                 key="hm_m", bind="query-params")
+with s1:
+    q = common.url_choice(st.selectbox, "Test review", range(n_test), key="hm_q",
+                          format_func=lambda i: common.review_label(analysis, "test", i))
+with s2:
+    m = common.url_choice(st.selectbox, "Training review", range(n_train), key="hm_m",
+                          format_func=lambda j: common.review_label(analysis, "train", j))
 if q is not None and m is not None:
     value = matrix[q, m]
     verdict = "helpful" if value > 0 else "harmful" if value < 0 else "neutral"

@@ -23,16 +23,17 @@ n_train = analysis.scores.n_train
 binary = len(analysis.label_names) == 2
 
 c1, c2, c3 = st.columns([1, 1, 1])
-mode = c1.radio("Flip", ["random", "chosen", "all"], horizontal=True, key="fl_mode", bind="query-params",
-                format_func={"random": "a random fraction", "chosen": "hand-picked", "all": "all"}.get)
+MODES = {"random fraction": "random", "hand-picked": "chosen", "all": "all"}
+mode = MODES[c1.radio("Flip", list(MODES), horizontal=True, key="fl_mode", bind="query-params")]
 fraction, seed, chosen = 0.1, 0, []
 if mode == "random":
     fraction = c2.slider("Fraction", 0.01, 1.0, 0.1, step=0.01, key="fl_frac", bind="query-params")
     seed = int(c3.number_input("Seed", 0, 10_000, 0, key="fl_seed", bind="query-params"))
 elif mode == "chosen":
-    chosen = st.multiselect(
-        "Training reviews to flip", range(n_train), format_func=lambda j: common.review_label(analysis, "train", j, width=60),
-        key="fl_chosen", bind="query-params", placeholder="Pick training reviews (type to search)",
+    chosen = common.url_choice(
+        st.multiselect, "Training reviews to flip", range(n_train), key="fl_chosen",
+        format_func=lambda j: common.review_label(analysis, "train", j, width=60),
+        placeholder="Pick training reviews (type to search)",
     )
 flip = core.flip_mask(n_train, mode, fraction=fraction, seed=seed, chosen=chosen)
 if not flip.any():

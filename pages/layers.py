@@ -18,8 +18,9 @@ scores = analysis.scores
 layers = out.layers
 
 c1, c2 = st.columns([3, 1])
-q = c1.selectbox("Test review", range(scores.n_test), format_func=lambda i: common.review_label(analysis, "test", i),
-                 key="test", bind="query-params")
+with c1:
+    q = common.url_choice(st.selectbox, "Test review", range(scores.n_test), key="test",
+                          format_func=lambda i: common.review_label(analysis, "test", i))
 n_bars = c2.number_input("Training reviews", 5, 200, 30, step=5, key="ly_n", bind="query-params",
                          help="The training reviews with the largest total |influence| on this test review.")
 q = int(q or 0)

@@ -51,12 +51,14 @@ common.table(table, "damping_stability", key="st_table")
 
 st.subheader("One pair across damping values")
 c1, c2 = st.columns(2)
-q = c1.selectbox("Test review", range(scores.n_test), format_func=lambda i: common.review_label(analysis, "test", i),
-                 key="test", bind="query-params")
+with c1:
+    q = common.url_choice(st.selectbox, "Test review", range(scores.n_test), key="test",
+                          format_func=lambda i: common.review_label(analysis, "test", i))
 total_now = analysis.influence(out.k, out.layers)[int(q or 0)]
 default_m = int(np.argmax(np.abs(total_now)))
-m = c2.selectbox("Training review", range(scores.n_train), index=default_m,
-                 format_func=lambda j: common.review_label(analysis, "train", j), key="rg_m")
+with c2:
+    m = common.url_choice(st.selectbox, "Training review", range(scores.n_train), key="rg_m", default=default_m,
+                          format_func=lambda j: common.review_label(analysis, "train", j))
 q, m = int(q or 0), int(m or 0)
 series = {"total": [scores.total(k, out.layers)[q, m] for k in range(len(analysis.dampings))]}
 if len(out.layers) <= 16:

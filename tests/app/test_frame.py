@@ -1,0 +1,212 @@
+"""The frame: sidebar and URL state, the background job, uploads, marks, instant views, the tour and its report."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from tests.app.conftest import new_app, no_exceptions
+
+
+def _frame(at):
+    return at.session_state["_frame"]
+
+
+def test_url_query_params_set_the_analysis(app_env):
+    at = new_app({"method": "kfac", "fisher": "empirical", "dmode": "relative", "damping_relative": "0.1"})
+    at.run()
+    no_exceptions(at)
+    spec = _frame(at).spec
+    assert spec.config.method == "kfac" and spec.config.fisher == "empirical"
+    assert spec.config.relative_damping == 0.1 and spec.damping_mode == "relative"
+    assert 0.1 in spec.dampings and len(spec.dampings) == 5
+    assert spec.train_slice.sample == 24 and spec.test_slice.sample == 8
+
+
+def test_widget_changes_update_the_analysis(app_env):
+    # The browser writes bound widget values into the URL (checked in tests/e2e); here the Python side.
+    at = new_app()
+    at.run()
+    at.selectbox(key="method").set_value("identity").run()
+    no_exceptions(at)
+    assert _frame(at).spec.config.method == "identity"
+    at.number_input(key="test_n").set_value(6).run()
+    assert _frame(at).n_test == 6
+    at.multiselect(key="layers").set_value(["head"]).run()
+    assert _frame(at).spec.config.layers == "head"
+    at.multiselect(key="layers").set_value([]).run()
+    no_exceptions(at)
+    assert any("Choose at least one layer group" in e.value for e in at.sidebar.error)
+
+
+def test_bad_model_folder_says_what_to_do(app_env, tmp_path):
+    at = new_app({"model": "local folder", "model_name": str(tmp_path / "missing")})
+    at.run()
+    no_exceptions(at)
+    at.button(key="fit_sidebar").click().run()
+    job = _wait_for_job(at)
+    assert job.status == "error" and "no such model folder" in job.error
+    at.run()
+    assert any("no such model folder" in e.value for e in at.error)
+
+
+def test_offline_hub_id_fails_fast_with_advice(app_env):
+    at = new_app({"model": "Hub id", "model_name": "someone/not-cached-model"})
+    at.run()
+    at.button(key="fit_sidebar").click().run()
+    job = _wait_for_job(at, timeout=60)
+    assert job.status == "error"
+    assert "demo" in job.error.lower() or "local" in job.error.lower()
+
+
+def test_fit_and_score_runs_in_the_background_and_pages_reuse_it(app_env):
+    at = new_app({"test_n": "4", "train_n": "12"})
+    at.run()
+    assert _frame(at).analysis is None
+    at.button(key="fit_main").click().run()
+    no_exceptions(at)
+    job = _wait_for_job(at)
+    assert job.status == "done", job.error
+    at.run()
+    no_exceptions(at)
+    assert _frame(at).analysis is not None
+    assert any(m.label == "Accuracy (test)" for m in at.metric)
+    # a second session (another tab) finds the same analysis on disk without a job
+    other = new_app({"test_n": "4", "train_n": "12"})
+    other.run()
+    assert _frame(other).analysis is not None
+
+
+def test_view_damping_and_layers_rerender_without_gradients(computed, monkeypatch):
+    from influence_core.engine import InfluenceEngine
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a view change recomputed gradients")
+
+    monkeypatch.setattr(InfluenceEngine, "score", forbidden)
+    monkeypatch.setattr(InfluenceEngine, "fit", forbidden)
+    at = computed
+    at.switch_page("pages/heatmap.py").run()
+    frame = _frame(at)
+    dampings = frame.analysis.dampings
+    before = frame.analysis.influence(frame.k, frame.layers)
+    started = time.perf_counter()
+    at.select_slider(key="view_damping").set_value(dampings[-1]).run()
+    elapsed = time.perf_counter() - started
+    no_exceptions(at)
+    assert _frame(at).k == len(dampings) - 1
+    assert not np.allclose(before, _frame(at).analysis.influence(_frame(at).k, _frame(at).layers))
+    layers = frame.analysis.scores.layers
+    at.multiselect(key="view_layers").set_value([layers[-1]]).run()
+    no_exceptions(at)
+    assert _frame(at).layers == [layers[-1]]
+    assert elapsed < 5  # AppTest overhead included; the work itself is array slicing
+
+
+def test_review_links_reproduce_the_selection(computed):
+    at = new_app({"test": "3"})
+    at.run()
+    at.switch_page("pages/explain.py").run()
+    no_exceptions(at)
+    assert at.selectbox(key="test").value == 3
+    assert any("Test review #3" in m.value for m in at.markdown)
+
+
+def test_pair_selection_opens_both_texts(computed):
+    at = computed
+    at.switch_page("pages/heatmap.py").run()
+    at.selectbox(key="hm_q").set_value(1).run()
+    at.selectbox(key="hm_m").set_value(2).run()
+    no_exceptions(at)
+    assert at.query_params.get("hm_q") == "1" and at.query_params.get("hm_m") == "2"
+    assert any("Influence of training review #2 on test review #1" in m.value for m in at.markdown)
+
+
+def test_marks_persist_across_reruns_and_sessions(computed):
+    at = computed
+    at.switch_page("pages/mislabel.py").run()
+    no_exceptions(at)
+    first = _frame(at).analysis
+    at.button(key="mf_bad").click().run()
+    no_exceptions(at)
+    at.button(key="mf_ok").click().run()
+    from pages.analysis import MarkStore
+
+    marks = MarkStore.for_data(first.spec.train_data).load()
+    assert sorted(m["state"] for m in marks.values()) == ["fine", "mislabeled"]
+    # a fresh session (a restart, another tab) sees them
+    other = new_app()
+    other.run()
+    other.switch_page("pages/mislabel.py").run()
+    assert any("2 of 24 training reviews reviewed" in (p.proto.text or "") for p in other.get("progress"))
+    cleaned = other.download_button(key="mf_dl_clean")
+    assert cleaned is not None
+    MarkStore.for_data(first.spec.train_data).clear()
+
+
+def test_upload_is_validated_and_texts_are_escaped(app_env):
+    at = new_app({"data": "upload"})
+    at.run()
+    no_exceptions(at)
+    assert any("Upload a training table" in e.value for e in at.sidebar.error)
+    at.sidebar.file_uploader[0].set_value(("reviews.csv", b"\xff\xfe\x00garbage", "text/csv")).run()
+    no_exceptions(at)
+    assert any("cannot be used" in e.value for e in at.sidebar.error)
+    rows = [{"review": f"<script>alert({i})</script> good<br />film {i}", "sentiment": ["negative", "positive"][i % 2]}
+            for i in range(12)]
+    data = pd.DataFrame(rows).to_csv(index=False).encode()
+    at.sidebar.file_uploader[0].set_value(("reviews.csv", data, "text/csv")).run()
+    no_exceptions(at)
+    assert at.query_params.get("train_file", "").endswith(".csv")
+    frame = _frame(at)
+    assert frame.spec is not None, [e.value for e in at.sidebar.error]
+    assert frame.spec.train_data.text_col == "review" and frame.spec.train_data.label_col == "sentiment"
+
+    from pages import analysis as core
+
+    core.compute_analysis(frame.spec, core.ModelStore())
+    at.switch_page("pages/explain.py").run()
+    no_exceptions(at)
+    bodies = [h.proto.body for h in at.get("html")]
+    assert any("&lt;script&gt;alert(" in b for b in bodies)
+    assert not any("<script>" in b or "<br />" in b for b in bodies)
+
+
+def test_tour_steps_and_report(computed):
+    at = computed
+    at.switch_page("pages/tour.py").run()
+    for _ in range(4):
+        at.button(key="tour_next").click().run()
+        no_exceptions(at)
+    assert at.segmented_control(key="step").value.startswith("5")
+    assert any("Fixing the label" in s.value for s in at.subheader)
+    report = at.download_button(key="tour_report")
+    assert report is not None
+
+
+def test_errors_never_show_tracebacks(computed, monkeypatch):
+    from pages import analysis as core
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("internal detail")
+
+    monkeypatch.setattr(core, "top_pairs", broken)
+    at = computed
+    at.switch_page("pages/heatmap.py").run()
+    assert not at.exception
+    assert any("Something went wrong" in e.value for e in at.error)
+    assert not any("internal detail" in e.value for e in at.error)
+
+
+def _wait_for_job(at, timeout: float = 120):
+    from pages import common
+
+    key = _frame(at).spec.key()
+    deadline = time.time() + timeout
+    job = common.job_runner().get(key)
+    while job is not None and job.running and time.time() < deadline:
+        time.sleep(0.2)
+    assert job is not None, "no job was started"
+    return job
