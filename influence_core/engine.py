@@ -267,13 +267,15 @@ class InfluenceEngine:
         tracker = _StepCounter(progress, steps)
         with self._session(), self.tracker.hooks():
             probs_parts = []
+            train_tokens = int(train.lengths.sum())
             for rows in chunks:
-                queries, probs, q_self = self._queries(test.subset(rows), rotations, weights, tracker)
+                want_self = self_influence and train_probs is None
+                routes = self._routes(rotations, len(rows), len(values), train_tokens, want_self)
+                queries, probs, q_self = self._queries(test.subset(rows), rotations, weights, tracker, routes)
                 probs_parts.append(probs)
                 test_self[:, :, rows] = q_self
-                want_self = self_influence and train_probs is None
                 block, t_self, train_probs_chunk = self._train_pass(train, queries, rotations, weights, want_self,
-                                                                    tracker)
+                                                                    tracker, routes)
                 pairwise[:, :, rows, :] = block
                 if want_self:
                     train_self[:] = t_self
@@ -292,10 +294,34 @@ class InfluenceEngine:
         module = self.tracker.modules[name]
         return module.out_features * (module.in_features + (module.bias is not None))
 
-    def _queries(self, test: Encoded, rotations, weights, tracker: _StepCounter):
-        """Rotated test gradients per layer, [n, out*in], weighted by 1/(L+damping) when K == 1."""
+    def _routes(self, rotations, n_queries: int, k: int, train_tokens: int, want_self: bool) -> dict[str, str]:
+        """Per layer, where test and training gradients meet: ``rotated`` or ``original`` basis.
+
+        ``rotated`` rotates every training token into the eigenbasis (``tokens * (out^2 + in^2)``);
+        ``original`` maps each preconditioned test gradient back once (``queries * K * out * in * (out + in)``)
+        and then needs only the plain training gradients. Self-influence needs rotated training gradients.
+        """
+        routes = {}
+        for name in self.layers:
+            module = self.tracker.modules[name]
+            out, width = module.out_features, module.in_features + (module.bias is not None)
+            rotated_cost = train_tokens * (out * out + width * width)
+            original_cost = n_queries * k * out * width * (out + width)
+            cheaper = rotations[name] is not None and original_cost < rotated_cost
+            routes[name] = "original" if cheaper and not want_self else "rotated"
+        return routes
+
+    def _queries(self, test: Encoded, rotations, weights, tracker: _StepCounter, routes: dict[str, str] | None = None):
+        """Test gradients per layer, ready to meet training gradients.
+
+        Returns ``(queries, probs, q_self)``: ``queries[name]`` is [n, out*in] (rotated; already divided by
+        ``L + damping`` when K == 1) or, on the ``original`` route, [K, n, out*in] preconditioned gradients
+        mapped back to the parameter basis; ``probs`` [n, C]; ``q_self`` [K, L, n] test self-influences.
+        """
         dtype, device = self.config.torch_dtype, self.config.device
-        n, k = len(test), len(next(iter(weights.values()))) if weights[self.layers[0]] is not None else 1
+        first = weights[self.layers[0]]
+        n, k = len(test), 1 if first is None else first.shape[0]
+        routes = routes or {name: "rotated" for name in self.layers}
         queries = {name: torch.empty(n, self._layer_size(name), dtype=dtype, device=device) for name in self.layers}
         q_self = np.zeros((k, len(self.layers), n))
         probs = np.zeros((n, 0))
@@ -309,8 +335,18 @@ class InfluenceEngine:
                 queries[name][batch.index] = rotated
                 q_self[:, i, batch.index] = self._self_scores(rotated, weights[name], k)
             tracker.step("test gradients")
-        if k == 1 and weights[self.layers[0]] is not None:
-            for name in self.layers:
+        for name in self.layers:
+            if weights[name] is None:
+                continue
+            if routes[name] == "original":
+                factors = rotations[name]
+                u_a = factors.a_eigvecs.to(device=device, dtype=dtype)
+                u_g = factors.g_eigvecs.to(device=device, dtype=dtype)
+                out = u_g.shape[0]
+                weighted = queries[name].unsqueeze(0) * weights[name].unsqueeze(1)  # [K, n, out*in]
+                mapped = u_g @ weighted.reshape(k, n, out, -1) @ u_a.T
+                queries[name] = mapped.reshape(k, n, -1)
+            elif k == 1:
                 queries[name] *= weights[name][0]
         return queries, probs, q_self
 
@@ -321,11 +357,13 @@ class InfluenceEngine:
             return squares.sum(-1).double().cpu().numpy()[None].repeat(k, 0)
         return (squares @ weight.T).T.double().cpu().numpy()  # [K, B]
 
-    def _train_pass(self, train: Encoded, queries, rotations, weights, want_self: bool, tracker: _StepCounter):
+    def _train_pass(self, train: Encoded, queries, rotations, weights, want_self: bool, tracker: _StepCounter,
+                    routes: dict[str, str] | None = None):
         dtype = self.config.torch_dtype
         first = weights[self.layers[0]]
         k = 1 if first is None else first.shape[0]
-        n_q = next(iter(queries.values())).shape[0]
+        routes = routes or {name: "rotated" for name in self.layers}
+        n_q = queries[self.layers[0]].shape[-2]
         block = np.zeros((k, len(self.layers), n_q, len(train)))
         t_self = np.zeros((k, len(self.layers), len(train))) if want_self else None
         probs = np.zeros((len(train), 0))
@@ -336,16 +374,21 @@ class InfluenceEngine:
             probs[batch.index] = torch.softmax(logits.double(), -1).cpu().numpy()
             b = len(batch)
             for i, name in enumerate(self.layers):
+                weight, query = weights[name], queries[name]
+                if routes[name] == "original":
+                    gradient = rotate(captures[name], None, dtype)[0].reshape(b, -1)
+                    scores = (query.reshape(k * n_q, -1) @ gradient.T).reshape(k, n_q, b)
+                    block[:, i][:, :, batch.index] = scores.double().cpu().numpy()
+                    continue
                 rotated = rotate(captures[name], rotations[name], dtype)[0].reshape(b, -1)
-                weight = weights[name]
                 if want_self:
                     t_self[:, i, batch.index] = self._self_scores(rotated, weight, k)
                 if k == 1 or weight is None:
-                    scores = (queries[name] @ rotated.T).double().cpu().numpy()
+                    scores = (query @ rotated.T).double().cpu().numpy()
                     block[:, i][:, :, batch.index] = scores[None]
                 else:
                     weighted = (rotated.unsqueeze(0) * weight.unsqueeze(1)).reshape(k * b, -1)
-                    scores = (queries[name] @ weighted.T).reshape(n_q, k, b).permute(1, 0, 2)
+                    scores = (query @ weighted.T).reshape(n_q, k, b).permute(1, 0, 2)
                     block[:, i][:, :, batch.index] = scores.double().cpu().numpy()
             tracker.step("training gradients")
         return block, t_self, probs

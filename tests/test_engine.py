@@ -285,3 +285,15 @@ def test_minilm_groups():
     groups = layer_groups(model)
     assert len(groups["ffn"]) == 12 and len(groups["attention"]) == 24
     assert groups["head"] == ["bert.pooler.dense", "classifier"]
+
+
+@pytest.mark.parametrize("dampings", [[1e-3], [1e-3, 1e-1]])
+def test_both_contraction_routes_agree(tokenizer, texts, labels, dampings):
+    """Few test examples: gradients meet in the parameter basis; with self-influence, in the eigenbasis."""
+    engine = _engine(tiny_bert(), tokenizer)
+    engine.fit(texts)
+    routes = engine._routes(engine._weights(np.array(dampings))[0], 1, len(dampings), 1000, want_self=False)
+    assert set(routes.values()) == {"original"}
+    original = engine.score(texts[:1], labels[:1], texts, labels, dampings=dampings, self_influence=False)
+    rotated = engine.score(texts[:1], labels[:1], texts, labels, dampings=dampings, self_influence=True)
+    _assert_close(original.pairwise, rotated.pairwise, rtol=1e-9)
