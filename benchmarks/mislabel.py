@@ -1,0 +1,405 @@
+"""How well each mislabel ranking finds wrong labels, on real sentences (``make bench-mislabel``).
+
+Two tasks:
+
+- ``sst2``: real sentences, synthetic corruption. ``--n-train`` SST-2 training sentences drawn with the seed,
+  ``--flip-rate`` of their labels flipped (the same seed), MiniLM fine-tuned on the corrupted set, every
+  ranking scored against the flips: ROC-AUC, average precision, precision at k (k = number of flips) and
+  recall in the top 10 % and 20 %. Trusted slice: the SST-2 dev sentences (clean).
+- ``airline``: real noise. Negative and positive airline tweets with crowd labels and the crowd's
+  confidence; ``--n-train`` of them fine-tuned on, each ranking compared with low confidence (Spearman with
+  ``1 - confidence``, ROC-AUC for ``confidence < 0.7`` and ``< 1``). Trusted slice: held-out tweets
+  whose label had full confidence.
+
+Factors and scores are computed for every layer and several damping values in one pass, so the layer
+subsets and dampings listed under "variants" cost no extra gradient pass; the headline numbers use
+``--layers`` and ``--damping``, fixed on a development seed (``--dev-seed``) that is not among the
+evaluation seeds. Results go to ``--out`` (JSON); the tables between the markers of ``--md`` are replaced.
+
+    python -m benchmarks.mislabel --task all --seeds 0,1,2 [--oos-folds 2] [--dev]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from influence_core import EngineConfig, InfluenceEngine  # noqa: E402
+from influence_core.cache import cache_dir, stable_hash  # noqa: E402
+from influence_core.layers import layer_groups  # noqa: E402
+from influence_core.mislabel import (  # noqa: E402
+    TrainingSignals,
+    combine,
+    evaluate_rankings,
+    label_losses,
+    mislabel_scores,
+    percentile_ranks,
+    roc_auc,
+    training_signals,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+#: Relative damping factors scored in the one pass (damping_l = factor x mean eigenvalue of layer l).
+DAMPINGS = (1e-3, 1e-2, 1e-1, 1.0)
+#: Layer subsets evaluated from the same pass.
+LAYER_SETS = ("ffn,head", "all", "ffn", "attention", "head")
+#: Candidate combinations, each a mean of percentile ranks; the library's is ``combined``.
+COMBINATIONS = {
+    "combined": ("self_influence", "trusted_influence", "loss"),
+    "self+loss": ("self_influence", "loss"),
+    "self+trusted": ("self_influence", "trusted_influence"),
+    "trusted+loss": ("trusted_influence", "loss"),
+}
+MARK_START, MARK_END = "<!-- mislabel-results:start -->", "<!-- mislabel-results:end -->"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    started = time.perf_counter()
+    command = "python -m benchmarks.mislabel " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    results: dict = {"command": command, "settings": vars(args).copy(), "machine": machine()}
+    seeds = [args.dev_seed] if args.dev else [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.task in ("sst2", "all"):
+        results["sst2"] = [run_sst2(seed, args) for seed in seeds]
+        results["sst2_summary"] = summarise([run["rankings"] for run in results["sst2"]])
+    if args.task in ("airline", "all"):
+        airline_seeds = [args.dev_seed] if args.dev else [int(s) for s in args.airline_seeds.split(",") if s.strip()]
+        results["airline"] = [run_airline(seed, args) for seed in airline_seeds]
+        results["airline_summary"] = summarise([run["rankings"] for run in results["airline"]])
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    out = Path(args.out)
+    if args.dev and args.out == default_out():
+        out = out.with_name("mislabel_dev.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=_json_default))
+    print(f"wrote {out} ({results['seconds']:.0f} s)")
+    tables = markdown(results)
+    print(tables)
+    if args.md and not args.dev:
+        write_markdown(Path(args.md), tables)
+    return 0
+
+
+def default_out() -> str:
+    return str(ROOT / "benchmarks" / "results" / "mislabel.json")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.mislabel", description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="all", choices=["sst2", "airline", "all"])
+    parser.add_argument("--seeds", default="0,1,2", help="evaluation seeds (sample, flips, fine-tune)")
+    parser.add_argument("--airline-seeds", default="0", help="seeds of the airline sample")
+    parser.add_argument("--dev", action="store_true", help="run only --dev-seed (to choose settings), write *_dev.json")
+    parser.add_argument("--dev-seed", type=int, default=100)
+    parser.add_argument("--n-train", type=int, default=2000)
+    parser.add_argument("--flip-rate", type=float, default=0.10)
+    parser.add_argument("--n-trusted", type=int, default=None, help="trusted slice size (default: SST-2 dev, all 872)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-4, help="fine-tune learning rate (the demo model's)")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--layers", default="ffn,head", help="layer subset of the headline numbers")
+    parser.add_argument("--damping", type=float, default=0.1, help="relative damping of the headline numbers")
+    parser.add_argument("--oos-folds", type=int, default=0,
+                        help="also fine-tune on K-1 folds and predict the held-out one (out-of-sample loss); 0 = off")
+    parser.add_argument("--batch-size", type=int, default=32, help="engine batch size")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 by default: on a shared CPU, multi-threaded LAPACK is far slower)")
+    parser.add_argument("--out", default=default_out())
+    parser.add_argument("--md", default=str(ROOT / "benchmarks" / "MISLABEL.md"))
+    args = parser.parse_args(argv)
+    if args.damping not in DAMPINGS:
+        parser.error(f"--damping must be one of the scored values {DAMPINGS}")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------- data
+def sst2_sample(seed: int, n: int, flip_rate: float) -> pd.DataFrame:
+    """``n`` SST-2 training sentences drawn with ``seed``; ``round(flip_rate * n)`` labels flipped.
+
+    Columns ``text``, ``label`` (possibly flipped), ``clean_label``, ``flipped`` (bool).
+    """
+    table = pd.read_csv(DATA / "sst2" / "train.tsv", sep="\t", quoting=3, keep_default_na=False)
+    rng = np.random.default_rng(seed)
+    rows = table.iloc[np.sort(rng.choice(len(table), n, replace=False))].reset_index(drop=True)
+    flipped = np.zeros(n, dtype=bool)
+    flipped[rng.choice(n, int(round(flip_rate * n)), replace=False)] = True
+    clean = rows["label"].astype(int).to_numpy()
+    return pd.DataFrame({"text": rows["sentence"].astype(str), "label": np.where(flipped, 1 - clean, clean),
+                         "clean_label": clean, "flipped": flipped})
+
+
+def sst2_dev(limit: int | None) -> pd.DataFrame:
+    table = pd.read_csv(DATA / "sst2" / "dev.tsv", sep="\t", quoting=3, keep_default_na=False)
+    table = table.rename(columns={"sentence": "text"})
+    return table.iloc[:limit] if limit else table
+
+
+def airline_split(seed: int, n: int, n_trusted: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A sample of ``n`` negative/positive tweets (label 1 = positive) and ``n_trusted`` held-out tweets whose
+    crowd label had confidence 1 (the trusted slice)."""
+    table = pd.read_csv(DATA / "airline_tweets" / "Tweets.csv")
+    table = table[table["airline_sentiment"].isin(["negative", "positive"])].reset_index(drop=True)
+    table = pd.DataFrame({"text": table["text"].astype(str),
+                          "label": (table["airline_sentiment"] == "positive").astype(int),
+                          "confidence": table["airline_sentiment_confidence"].astype(float)})
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(table))
+    train = table.iloc[np.sort(order[:n])].reset_index(drop=True)
+    rest = table.iloc[order[n:]]
+    trusted = rest[rest["confidence"] >= 1.0].iloc[:n_trusted].reset_index(drop=True)
+    return train, trusted
+
+
+# ----------------------------------------------------------------------------------------------- models
+def finetuned(name: str, texts: list[str], labels: np.ndarray, args: argparse.Namespace, seed: int) -> Path:
+    """A MiniLM classifier fine-tuned on (texts, labels), cached by content and recipe."""
+    from influence_core.finetune import finetune, library_versions
+    from influence_core.models import base_encoder_path
+
+    recipe = {"epochs": args.epochs, "lr": args.lr, "batch_size": 16, "max_length": args.max_length, "seed": seed}
+    key = stable_hash({"texts": stable_hash(texts), "labels": [int(x) for x in labels], "recipe": recipe,
+                       "versions": library_versions()})
+    folder = cache_dir("bench-mislabel", f"{name}-{key}")
+    if (folder / "finetune.json").is_file():
+        return folder
+    result = finetune(base_encoder_path(), texts, [int(x) for x in labels], label_names=["negative", "positive"],
+                      out_dir=folder, **recipe)
+    print(f"  fine-tuned {name} on {len(texts)} examples in {result.seconds:.0f} s", flush=True)
+    return folder
+
+
+def predict(model_dir: Path, texts: list[str], max_length: int) -> np.ndarray:
+    from influence_core.finetune import predict_proba
+    from influence_core.models import ModelSource, load_classifier
+
+    loaded = load_classifier(ModelSource("local", str(model_dir)))
+    return predict_proba(loaded.model, loaded.tokenizer, texts, max_length=max_length)
+
+
+def out_of_sample_probs(name: str, train: pd.DataFrame, folds: int, args: argparse.Namespace, seed: int) -> np.ndarray:
+    """Class probabilities of every training row from a model fine-tuned without it (K-fold), [n, 2]."""
+    fold = np.random.default_rng(seed + 7919).permutation(len(train)) % folds
+    probs = np.zeros((len(train), 2))
+    for f in range(folds):
+        inside = train[fold != f]
+        model_dir = finetuned(f"{name}-fold{f}of{folds}", inside["text"].tolist(), inside["label"].to_numpy(), args,
+                              seed)
+        probs[fold == f] = predict(model_dir, train.loc[fold == f, "text"].tolist(), args.max_length)
+    return probs
+
+
+def signals_for(model_dir: Path, train: pd.DataFrame, trusted: pd.DataFrame, args: argparse.Namespace,
+                timings: dict) -> tuple[TrainingSignals, dict[str, list[str]]]:
+    """Fit EK-FAC factors on the training texts (true Fisher: the labels are not used) and compute every
+    signal for all layers and every damping in :data:`DAMPINGS`."""
+    from influence_core.models import ModelSource, load_classifier
+
+    loaded = load_classifier(ModelSource("local", str(model_dir)))
+    config = EngineConfig(layers="all", relative_damping=DAMPINGS[0], max_length=args.max_length,
+                          batch_size=args.batch_size)
+    engine = InfluenceEngine(loaded.model, loaded.tokenizer, config)
+    start = time.perf_counter()
+    engine.fit(train["text"].tolist())
+    timings["fit_factors_s"] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    signals = training_signals(engine, train["text"].tolist(), train["label"].to_numpy(), trusted["text"].tolist(),
+                               trusted["label"].to_numpy(), dampings=DAMPINGS)
+    timings["signals_s"] = round(time.perf_counter() - start, 1)
+    groups = layer_groups(loaded.model)
+    return signals, {spec: [name for name in engine.layers if any(name in groups[g] for g in spec.split(","))]
+                     for spec in LAYER_SETS}
+
+
+def ranking_frame(signals: TrainingSignals, layer_names: list[str], k: int, oos: np.ndarray | None,
+                  seed: int) -> pd.DataFrame:
+    """Every ranking of the headline setting, plus a seeded random one and the out-of-sample variants."""
+    frame = mislabel_scores(signals, k=k, layers=layer_names)
+    frame["random"] = np.random.default_rng(seed + 104729).random(len(frame))
+    if oos is not None:
+        frame["loss_oos"] = label_losses(oos, signals.train_labels)
+        frame["combined_oos"] = combine({"self_influence": frame["self_influence"].to_numpy(),
+                                         "trusted_influence": frame["trusted_influence"].to_numpy(),
+                                         "loss": frame["loss_oos"].to_numpy()})
+    return frame
+
+
+HEADLINE = ["self_influence", "trusted_influence", "loss", "margin", "combined", "loss_oos", "combined_oos", "random"]
+
+
+def variants(signals: TrainingSignals, layer_sets: dict[str, list[str]], truth: np.ndarray) -> list[dict]:
+    """Self-influence, trusted influence and every combination for each layer subset and damping."""
+    rows = []
+    for spec, names in layer_sets.items():
+        if not names:
+            continue
+        for k, damping in enumerate(signals.dampings):
+            frame = mislabel_scores(signals, k=k, layers=names)
+            columns = {"self_influence": frame["self_influence"].to_numpy(),
+                       "trusted_influence": frame["trusted_influence"].to_numpy(), "loss": frame["loss"].to_numpy()}
+            for combo, parts in COMBINATIONS.items():
+                columns[combo] = np.mean([percentile_ranks(columns[p]) for p in parts], axis=0)
+            graded = evaluate_rankings(columns, truth, columns=list(columns))
+            for row in graded.to_dict("records"):
+                rows.append({"layers": spec, "damping": float(damping), **row})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- tasks
+def run_sst2(seed: int, args: argparse.Namespace) -> dict:
+    print(f"sst2 seed {seed}", flush=True)
+    timings: dict = {}
+    train = sst2_sample(seed, args.n_train, args.flip_rate)
+    trusted = sst2_dev(args.n_trusted)
+    start = time.perf_counter()
+    model_dir = finetuned(f"sst2-s{seed}", train["text"].tolist(), train["label"].to_numpy(), args, seed)
+    timings["finetune_s"] = round(time.perf_counter() - start, 1)
+    dev_probs = predict(model_dir, trusted["text"].tolist(), args.max_length)
+    oos = None
+    if args.oos_folds:
+        start = time.perf_counter()
+        oos = out_of_sample_probs(f"sst2-s{seed}", train, args.oos_folds, args, seed)
+        timings["out_of_sample_s"] = round(time.perf_counter() - start, 1)
+    signals, layer_sets = signals_for(model_dir, train, trusted, args, timings)
+    truth = train["flipped"].to_numpy()
+    k = DAMPINGS.index(args.damping)
+    frame = ranking_frame(signals, layer_sets[args.layers], k, oos, seed)
+    graded = evaluate_rankings(frame, truth, columns=[c for c in HEADLINE if c in frame.columns])
+    print(graded.to_string(index=False, float_format="%.3f"), flush=True)
+    return {"seed": seed, "n_train": len(train), "n_flipped": int(truth.sum()), "n_trusted": len(trusted),
+            "dev_accuracy": float((dev_probs.argmax(1) == trusted["label"].to_numpy()).mean()),
+            "train_accuracy_given_labels": float((signals.train_probs.argmax(1) == train["label"]).mean()),
+            "flipped_fit": float((signals.train_probs.argmax(1)[truth] == train["label"].to_numpy()[truth]).mean()),
+            "timings": timings, "rankings": graded.to_dict("records"),
+            "variants": variants(signals, layer_sets, truth)}
+
+
+def run_airline(seed: int, args: argparse.Namespace) -> dict:
+    print(f"airline seed {seed}", flush=True)
+    timings: dict = {}
+    train, trusted = airline_split(seed, args.n_train, 500)
+    start = time.perf_counter()
+    model_dir = finetuned(f"airline-s{seed}", train["text"].tolist(), train["label"].to_numpy(), args, seed)
+    timings["finetune_s"] = round(time.perf_counter() - start, 1)
+    oos = None
+    if args.oos_folds:
+        start = time.perf_counter()
+        oos = out_of_sample_probs(f"airline-s{seed}", train, args.oos_folds, args, seed)
+        timings["out_of_sample_s"] = round(time.perf_counter() - start, 1)
+    signals, layer_sets = signals_for(model_dir, train, trusted, args, timings)
+    frame = ranking_frame(signals, layer_sets[args.layers], DAMPINGS.index(args.damping), oos, seed)
+    doubt = 1.0 - train["confidence"].to_numpy()
+    rows = []
+    for name in [c for c in HEADLINE if c in frame.columns]:
+        scores = frame[name].to_numpy()
+        rows.append({"ranking": name, "spearman_with_doubt": float(stats.spearmanr(scores, doubt).statistic),
+                     "roc_auc_conf_below_0.7": roc_auc(scores, doubt > 0.3),
+                     "roc_auc_conf_below_1": roc_auc(scores, doubt > 0)})
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False, float_format="%.3f"), flush=True)
+    return {"seed": seed, "n_train": len(train), "n_trusted": len(trusted),
+            "share_conf_below_0.7": float((doubt > 0.3).mean()), "share_conf_below_1": float((doubt > 0).mean()),
+            "timings": timings, "rankings": rows}
+
+
+# ----------------------------------------------------------------------------------------------- reporting
+def summarise(runs: list[list[dict]]) -> list[dict]:
+    """Mean and standard deviation over runs of every metric, per ranking."""
+    frame = pd.DataFrame([row for run in runs for row in run])
+    metrics = [c for c in frame.columns if c != "ranking"]
+    out = []
+    for name, group in frame.groupby("ranking", sort=False):
+        row = {"ranking": name, "runs": len(group)}
+        for metric in metrics:
+            row[metric] = float(group[metric].mean())
+            row[f"{metric}_sd"] = float(group[metric].std(ddof=1)) if len(group) > 1 else 0.0
+        out.append(row)
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Command: `{results['command']}` ({results['seconds'] / 60:.1f} min on {results['machine']['cpus']} "
+             f"CPU cores, {results['machine']['torch']} torch)", ""]
+    if "sst2_summary" in results:
+        runs = results["sst2"]
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        lines += [f"**SST-2, {runs[0]['n_train']} sentences, {runs[0]['n_flipped']} labels flipped "
+                  f"(seeds {seeds}; mean ± sd; k = {runs[0]['n_flipped']})**", "",
+                  "| ranking | ROC-AUC | average precision | precision at k | recall in top 10% | recall in top 20% |",
+                  "|---|---|---|---|---|---|"]
+        for row in results["sst2_summary"]:
+            cells = [_pm(row, m) for m in ("roc_auc", "average_precision", "precision_at_k", "recall_at_10pct",
+                                           "recall_at_20pct")]
+            lines.append(f"| {row['ranking']} | " + " | ".join(cells) + " |")
+        lines += ["", "| seed | dev accuracy | fine-tune s | fit factors s | signals s | flipped labels fitted |",
+                  "|---|---|---|---|---|---|"]
+        for r in runs:
+            t = r["timings"]
+            lines.append(f"| {r['seed']} | {r['dev_accuracy']:.3f} | {t.get('finetune_s', 0):.0f} | "
+                         f"{t.get('fit_factors_s', 0):.0f} | {t.get('signals_s', 0):.0f} | {r['flipped_fit']:.2f} |")
+        lines.append("")
+    if "airline_summary" in results:
+        runs = results["airline"]
+        lines += [f"**Airline tweets, {runs[0]['n_train']} crowd-labelled tweets (seeds "
+                  f"{', '.join(str(r['seed']) for r in runs)}); {runs[0]['share_conf_below_0.7']:.0%} have "
+                  f"confidence < 0.7, {runs[0]['share_conf_below_1']:.0%} < 1**", "",
+                  "| ranking | Spearman with 1 - confidence | ROC-AUC, confidence < 0.7 | ROC-AUC, confidence < 1 |",
+                  "|---|---|---|---|"]
+        for row in results["airline_summary"]:
+            cells = [_pm(row, m) for m in ("spearman_with_doubt", "roc_auc_conf_below_0.7", "roc_auc_conf_below_1")]
+            lines.append(f"| {row['ranking']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _pm(row: dict, metric: str) -> str:
+    sd = row.get(f"{metric}_sd", 0.0)
+    return f"{row[metric]:.3f}" + (f" ± {sd:.3f}" if row.get("runs", 1) > 1 else "")
+
+
+def write_markdown(path: Path, tables: str) -> None:
+    """Replace the text between the result markers of ``path`` (append them if missing)."""
+    block = f"{MARK_START}\n{tables}\n{MARK_END}"
+    text = path.read_text() if path.is_file() else "# Mislabel rankings: benchmark\n\n"
+    if MARK_START in text and MARK_END in text:
+        head, rest = text.split(MARK_START, 1)
+        text = head + block + rest.split(MARK_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    print(f"updated {path}")
+
+
+def machine() -> dict:
+    import torch
+
+    return {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads()}
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
