@@ -297,3 +297,21 @@ def test_both_contraction_routes_agree(tokenizer, texts, labels, dampings):
     original = engine.score(texts[:1], labels[:1], texts, labels, dampings=dampings, self_influence=False)
     rotated = engine.score(texts[:1], labels[:1], texts, labels, dampings=dampings, self_influence=True)
     _assert_close(original.pairwise, rotated.pairwise, rtol=1e-9)
+
+
+def test_statistics_from_shards_add_up_to_the_whole(tokenizer, texts, labels):
+    """Sums with counts: shards fitted apart (as separate processes would) merge into the full statistics."""
+    engine = _engine(tiny_bert(), tokenizer, fisher="empirical")
+    whole = engine.covariance_statistics(engine.encode(texts, labels))
+    first = engine.covariance_statistics(engine.encode(texts[:3], labels[:3]))
+    second = engine.covariance_statistics(engine.encode(texts[3:], labels[3:]))
+    for name in engine.layers:
+        first[name].merge(second[name])
+        _assert_close(first[name].a_sum, whole[name].a_sum, rtol=1e-12)
+        _assert_close(first[name].g_sum, whole[name].g_sum, rtol=1e-12)
+        assert (first[name].a_count, first[name].g_count) == (whole[name].a_count, whole[name].g_count)
+    engine.fit(texts, labels)
+    full = engine.score(texts[:2], labels[:2], texts, labels)
+    left = engine.score(texts[:2], labels[:2], texts[:4], labels[:4])
+    right = engine.score(texts[:2], labels[:2], texts[4:], labels[4:])
+    _assert_close(np.concatenate([left.total(0), right.total(0)], axis=1), full.total(0), rtol=1e-9)
