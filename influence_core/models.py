@@ -203,7 +203,7 @@ def _load(path: str, source: ModelSource, *, local_only: bool) -> tuple[Any, Any
                 path, use_safetensors=True, output_loading_info=True, **kwargs
             )
             tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # RuntimeError: weights of the wrong shape
         raise _load_error(source, where, err, local_only) from err
     missing = sorted(info.get("missing_keys") or [])
     if missing:
