@@ -1,0 +1,147 @@
+"""Browser tests: `streamlit run app.py` on a free port, driven by Playwright with Debian's Chromium.
+
+Skipped when Chromium or Playwright is missing. By default the app uses a tiny local classifier (fast); set
+``E2E_DEMO_MODEL=1`` to use the real built-in demo model (fine-tuned on first use: minutes), which is what
+``SAVE_SCREENSHOTS=1`` should be combined with to refresh ``assets/screenshots/`` for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+SCREENSHOTS = ROOT / "assets" / "screenshots"
+
+
+def pytest_collection_modifyitems(config, items):
+    missing = None
+    if not Path(CHROMIUM).exists():
+        missing = f"no Chromium at {CHROMIUM}"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            missing = "the playwright package is not installed"
+    for item in items:
+        if "e2e" in item.keywords and missing:
+            item.add_marker(pytest.mark.skip(reason=missing))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """The app served on 127.0.0.1; yields its base URL. The cache is a fresh temporary folder."""
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cache = tmp_path_factory.mktemp("e2e_cache")
+    env["INFLUENCE_EXPLORER_CACHE"] = str(cache)
+    if os.environ.get("E2E_DEMO_MODEL") == "1":
+        env.pop("INFLUENCE_EXPLORER_MODEL", None)
+        models = Path(os.environ.get("E2E_DEMO_MODELS_FROM", Path.home() / ".cache" / "influence-explorer" / "models"))
+        if models.is_dir():  # reuse a demo model fine-tuned earlier instead of training it again
+            shutil.copytree(models, cache / "models", dirs_exist_ok=True)
+    else:
+        from tests.app.conftest import build_tiny_classifier
+
+        env["INFLUENCE_EXPLORER_MODEL"] = str(build_tiny_classifier(tmp_path_factory.mktemp("tiny_classifier")))
+    port = _free_port()
+    log = open(cache / "streamlit.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.fileWatcherType",
+         "none", "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited early; see {cache / 'streamlit.log'}")
+    else:
+        process.terminate()
+        raise RuntimeError("streamlit did not become healthy within 120 s")
+    yield url
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="session")
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    tab = context.new_page()
+    tab.set_default_timeout(60_000)
+    yield tab
+    context.close()
+
+
+def wait_idle(page, timeout: float = 60_000) -> None:
+    """Wait until the app has drawn and its script is no longer running."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        timeout=timeout,
+    )
+    page.wait_for_timeout(500)
+
+
+def open_page(page, base: str, path: str = "", query: str = "") -> None:
+    page.goto(f"{base}/{path}{('?' + query) if query else ''}")
+    page.wait_for_selector("h1", timeout=60_000)
+    wait_idle(page)
+
+
+def screenshot(page, name: str) -> None:
+    """Save a full-page screenshot for the README when SAVE_SCREENSHOTS=1."""
+    if os.environ.get("SAVE_SCREENSHOTS") != "1":
+        return
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(800)  # let plotly finish its transitions
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def no_error_on_page(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.get_by_text("Something went wrong").count() == 0

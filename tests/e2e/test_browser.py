@@ -1,0 +1,140 @@
+"""A real browser against `streamlit run`: fit on the built-in demo data, then every page and the main actions.
+
+The tests run in order and share one server and one analysis (the first test fits it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+
+import pytest
+
+from tests.e2e.conftest import no_error_on_page, open_page, screenshot, wait_idle
+
+expect = pytest.importorskip("playwright.sync_api").expect
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+FIT_TIMEOUT_MS = int(os.environ.get("E2E_FIT_TIMEOUT_S", "900")) * 1000
+# Small slices keep the fit short with the tiny model; the demo model uses the app's defaults.
+QUERY = "" if os.environ.get("E2E_DEMO_MODEL") == "1" else "train_n=40&test_n=12"
+
+
+def charts(page, at_least: int) -> None:
+    page.locator('[data-testid="stPlotlyChart"]').nth(at_least - 1).wait_for()
+
+
+def test_first_visit_fits_with_one_click(page, app_server):
+    open_page(page, app_server, "", QUERY)
+    page.get_by_text("Nothing computed yet").wait_for()
+    page.get_by_text("Estimated time").wait_for()
+    screenshot(page, "00_first_visit")
+    page.get_by_role("button", name="Fit and score").last.click()
+    page.get_by_text("Accuracy (test)").wait_for(timeout=FIT_TIMEOUT_MS)
+    wait_idle(page)
+    no_error_on_page(page)
+    charts(page, 2)
+    screenshot(page, "01_overview")
+
+
+@pytest.mark.parametrize(
+    ("path", "title", "shot"),
+    [
+        ("heatmap", "Influence heatmap", "02_heatmap"),
+        ("explain", "Explain a prediction", "03_explain"),
+        ("layers", "Layers", "04_layers"),
+        ("label-flip", "Label-flip corruption", "05_label_flip"),
+        ("regularization", "Regularization", "06_regularization"),
+        ("mislabel", "Mislabel finder", "07_mislabel"),
+        ("tour", "Tour", "08_tour"),
+    ],
+)
+def test_every_page_loads(page, app_server, path, title, shot):
+    open_page(page, app_server, path, QUERY)
+    assert page.locator("h1").first.inner_text().strip().startswith(title)
+    no_error_on_page(page)
+    assert page.get_by_text("Nothing computed yet").count() == 0
+    screenshot(page, shot)
+
+
+def test_heatmap_pair_from_the_url(page, app_server):
+    open_page(page, app_server, "heatmap", f"{QUERY}&hm_q=1&hm_m=2&hm_rows=cluster")
+    page.get_by_text("Influence of training review #2 on test review #1").wait_for()
+    charts(page, 1)
+    no_error_on_page(page)
+
+
+def test_explain_highlights_tokens(page, app_server):
+    open_page(page, app_server, "explain", f"{QUERY}&test=2")
+    page.get_by_text("Test review #2").first.wait_for()
+    page.locator(".ie-tokens span").first.wait_for(timeout=120_000)
+    assert page.locator(".ie-tokens span").count() > 5
+    assert page.locator(".ie-legend").count() == 1
+    no_error_on_page(page)
+    screenshot(page, "03_explain")
+
+
+def test_sidebar_choice_is_written_to_the_url(page, app_server):
+    open_page(page, app_server, "", QUERY)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.locator('[data-testid="stExpander"] summary').filter(has_text="Method").click()
+    sidebar.get_by_role("combobox", name="Method").click()
+    page.get_by_role("option", name="kfac", exact=True).click()
+    page.wait_for_function("() => window.location.search.includes('method=kfac')")
+    page.get_by_text("Nothing computed yet").wait_for()  # a new method is a new analysis
+    # the link reproduces the view in a fresh tab
+    url = page.url
+    other = page.context.new_page()
+    other.goto(url)
+    wait_idle(other)
+    other.get_by_text("kfac, true Fisher").first.wait_for()
+    other.close()
+
+
+def test_flip_labels(page, app_server):
+    open_page(page, app_server, "label-flip", QUERY)
+    page.get_by_text("Pairs that change sign").wait_for()
+    page.get_by_text("all", exact=True).click()
+    wait_idle(page)
+    metric = page.locator('[data-testid="stMetric"]').filter(has_text="Flipped training reviews")
+    n_train = 40 if QUERY else 480
+    expect(metric.locator('[data-testid="stMetricValue"]')).to_have_text(str(n_train), timeout=60_000)
+    charts(page, 4)
+    no_error_on_page(page)
+
+
+def test_mark_a_review_and_download_the_cleaned_csv(page, app_server):
+    n_train = 40 if QUERY else 480
+    open_page(page, app_server, "mislabel", QUERY)
+    page.get_by_text(f"0 of {n_train} training reviews reviewed").wait_for()
+    page.get_by_role("button", name="Mislabeled").click()
+    page.get_by_text(f"1 of {n_train} training reviews reviewed").wait_for()
+    page.get_by_text("drops 1 reviews marked mislabeled").wait_for()  # the export below is rebuilt too
+    wait_idle(page)
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Download cleaned dataset (CSV)").click()
+    data = open(download_info.value.path(), encoding="utf-8").read()
+    rows = list(csv.DictReader(io.StringIO(data)))
+    assert len(rows) == n_train - 1
+    assert {"row_id", "text", "label", "label_name"} <= set(rows[0])
+    # the mark survives a reload
+    page.reload()
+    page.get_by_text(f"1 of {n_train} training reviews reviewed").wait_for()
+    page.get_by_role("button", name="Clear all marks").click()
+    wait_idle(page)
+
+
+def test_tour_report_downloads(page, app_server):
+    open_page(page, app_server, "tour", QUERY)
+    for _ in range(4):
+        page.get_by_role("button", name="Next →").click()
+        wait_idle(page)
+    page.get_by_text("Fixing the label turns harm into help").wait_for()
+    wait_idle(page)
+    with page.expect_download(timeout=180_000) as download_info:  # the report is built on click
+        page.get_by_role("button", name="Download the HTML report").click()
+    report = open(download_info.value.path(), encoding="utf-8").read()
+    assert report.startswith("<!doctype html>") and "Plotly.newPlot" in report
+    screenshot(page, "09_tour_fix")
