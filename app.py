@@ -8,6 +8,7 @@ page router. Each page lives in ``pages/``; shared glue in ``pages/common.py``; 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import streamlit as st
 
@@ -15,7 +16,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pages import common  # noqa: E402 - after the environment is set
 
-st.set_page_config(page_title="Influence Explorer", page_icon=":material/hub:", layout="wide")
+ICON = Path(__file__).resolve().parent / "assets" / "app_icon.png"  # local file: no request leaves the machine
+st.set_page_config(page_title="Influence Explorer", page_icon=str(ICON), layout="wide")
 
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),

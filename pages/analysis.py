@@ -474,7 +474,7 @@ def estimate_cost(
     sizes = dict(layer_sizes) if layer_sizes else _guess_layer_sizes(spec)
     n_params = _guess_parameters(spec)
     speed = _load_speed(spec)
-    per_example = speed or max(2.5e-9 * n_params * (spec.config.max_length / 128), 2e-3)
+    per_example = speed or max(1e-8 * n_params * (spec.config.max_length / 128), 2e-3)
     steps = []
     seconds = 0.0
     if spec.model.kind == "demo" and not demo_model_ready():
@@ -496,7 +496,8 @@ def estimate_cost(
     factors_bytes = sum((i * i + o * o + i * o) * 8 for i, o in sizes.values())
     queries_bytes = chunk * width * 4
     scores_bytes = k * max(len(sizes), 1) * n_test * n_train * 8 * 2
-    batch_bytes = spec.config.batch_size * width * 4 * max(k, 1)
+    widest = max((i * o for i, o in sizes.values()), default=0)
+    batch_bytes = spec.config.batch_size * (width + widest * max(k, 1)) * 4  # captures, then one layer's K weightings
     memory = factors_bytes + queries_bytes + scores_bytes + batch_bytes + n_params * 4 * 3
     return CostEstimate(seconds=seconds, memory_bytes=float(memory), steps=steps)
 

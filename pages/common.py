@@ -112,6 +112,7 @@ def sidebar() -> Frame:
     out = Frame()
     with st.sidebar:
         st.markdown("### Analysis")
+        summary_box = st.container(border=True)  # filled once the controls below are read
         try:
             spec, n_train, n_test = _analysis_controls()
             out.spec, out.n_train, out.n_test = spec, n_train, n_test
@@ -120,9 +121,12 @@ def sidebar() -> Frame:
             st.error(str(err))
         if out.spec is not None:
             out.analysis = load_analysis(out.spec)
-            _summary(out)
+            with summary_box:
+                _summary(out)
             if out.analysis is not None:
                 _view_controls(out)
+        else:
+            summary_box.caption("Fix the settings below to see the analysis.")
     st.session_state["_frame"] = out
     return out
 

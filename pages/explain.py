@@ -17,7 +17,7 @@ out, analysis = common.require_analysis()
 n_test = analysis.scores.n_test
 wrong = np.flatnonzero(analysis.test_pred != analysis.test["label"].to_numpy())
 
-c1, c2, c3 = st.columns([3, 1, 1])
+c1, c2, c3, c4 = st.columns([4, 1, 1, 1])
 only_wrong = c2.toggle("Only mistakes", key="ex_wrong", bind="query-params",
                        help=f"{len(wrong)} of {n_test} test reviews are predicted wrongly.")
 options = list(wrong) if only_wrong and len(wrong) else list(range(n_test))
@@ -27,6 +27,8 @@ with c1:
 relative = c3.toggle("Relative influence", key="ex_rel", bind="query-params",
                      help="Divide by sqrt(self-influence) of both reviews, so unusual, high-gradient training "
                           "reviews do not dominate.")
+n_show = c4.number_input("Per side", 1, 10, 3, key="ex_n", bind="query-params",
+                         help="How many helpful and harmful training reviews to show.")
 if only_wrong and not len(wrong):
     st.success("The model gets every test review in this slice right; showing all of them.")
 if q is None:
@@ -42,7 +44,7 @@ with st.container(border=True):
     st.html(text_html(analysis.test["text"].iloc[q]))
 
 row = analysis.influence(out.k, out.layers, relative=relative)[q]
-n_show = st.slider("Reviews per side", 1, 10, 3, key="ex_n", bind="query-params")
+
 order = np.argsort(-row)
 helpful = [int(j) for j in order[:n_show] if row[j] > 0]
 harmful = [int(j) for j in order[::-1][:n_show] if row[j] < 0]

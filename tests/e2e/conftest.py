@@ -138,8 +138,16 @@ def screenshot(page, name: str) -> None:
     if os.environ.get("SAVE_SCREENSHOTS") != "1":
         return
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(800)  # let plotly finish its transitions
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    # Streamlit scrolls inside its main container, so grow the window to the content instead of full_page.
+    size = page.viewport_size
+    height = page.evaluate(
+        "() => Math.max(...['[data-testid=\"stMain\"]', '[data-testid=\"stSidebarContent\"]']"
+        ".map(s => document.querySelector(s)).filter(Boolean).map(e => e.scrollHeight))"
+    )
+    page.set_viewport_size({"width": size["width"], "height": int(min(max(height + 40, size["height"]), 5000))})
+    page.wait_for_timeout(1500)  # let plotly resize and finish its transitions
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    page.set_viewport_size(size)
 
 
 def no_error_on_page(page) -> None:
