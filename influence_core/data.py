@@ -225,7 +225,8 @@ def align_labels(df: pd.DataFrame, label_names: Sequence[str]) -> pd.DataFrame:
     else:
         ids_array = _match_names(values, names)
     out = df.copy()
-    out["label_raw"] = raw.to_numpy()
+    if "label_raw" not in out.columns:  # aligning an aligned table keeps the value first stored
+        out["label_raw"] = raw.to_numpy()
     out["label"] = ids_array
     out["label_name"] = [names[i] for i in ids_array]
     return out
