@@ -101,6 +101,20 @@ class Frame:
         return self.analysis.dampings[self.k] if self.analysis else float("nan")
 
 
+def ensure_frame() -> None:
+    """Make sure this page runs inside app.py's frame; call it first in every page.
+
+    Streamlit treats a folder named ``pages/`` next to the entry script as a legacy multipage app until the
+    first ``st.navigation`` call of the process. A deep link (``/explain``) as the very first request would
+    then run the page on its own, without the sidebar. Switch that legacy mode off and rerun through app.py.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def frame() -> Frame:
     """The frame built by ``app.py``'s sidebar on this run."""
     return st.session_state.get("_frame") or Frame(problem="The sidebar did not run.")

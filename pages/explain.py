@@ -9,6 +9,7 @@ from influence_core import figures
 from influence_core.highlight import highlight_tokens, legend_html, text_html
 from pages import common
 
+common.ensure_frame()
 st.title("Explain a prediction")
 st.caption("Pick a test review to see which training reviews pushed the model towards or away from its label. "
            + common.SIGN_HELP)
@@ -17,17 +18,20 @@ out, analysis = common.require_analysis()
 n_test = analysis.scores.n_test
 wrong = np.flatnonzero(analysis.test_pred != analysis.test["label"].to_numpy())
 
-c1, c2, c3, c4 = st.columns([4, 1, 1, 1])
-only_wrong = c2.toggle("Only mistakes", key="ex_wrong", bind="query-params",
+c1, c2 = st.columns([5, 1])
+t1, t2, t3 = st.columns(3)
+only_wrong = t1.toggle("Only mistakes", key="ex_wrong", bind="query-params",
                        help=f"{len(wrong)} of {n_test} test reviews are predicted wrongly.")
+relative = t2.toggle("Relative influence", key="ex_rel", bind="query-params",
+                     help="Divide by sqrt(self-influence) of both reviews, so unusual, high-gradient training "
+                          "reviews do not dominate.")
+highlight = t3.toggle("Highlight tokens", value=True, key="ex_tokens", bind="query-params",
+                      help="Each token's share of the influence (computed for the reviews shown, then cached).")
 options = list(wrong) if only_wrong and len(wrong) else list(range(n_test))
 with c1:
     q = common.url_choice(st.selectbox, "Test review", options, key="test",
                           format_func=lambda i: common.review_label(analysis, "test", i))
-relative = c3.toggle("Relative influence", key="ex_rel", bind="query-params",
-                     help="Divide by sqrt(self-influence) of both reviews, so unusual, high-gradient training "
-                          "reviews do not dominate.")
-n_show = c4.number_input("Per side", 1, 10, 3, key="ex_n", bind="query-params",
+n_show = c2.number_input("Per side", 1, 10, 3, key="ex_n", bind="query-params",
                          help="How many helpful and harmful training reviews to show.")
 if only_wrong and not len(wrong):
     st.success("The model gets every test review in this slice right; showing all of them.")
@@ -57,8 +61,6 @@ common.figure(
     f"explain_test_{q}", key="ex_bars",
 )
 
-highlight = st.toggle("Highlight tokens", value=True, key="ex_tokens", bind="query-params",
-                      help="Each token's share of the influence (computed for the reviews shown, then cached).")
 if highlight:
     st.html(legend_html())
 norm = None

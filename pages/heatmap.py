@@ -10,6 +10,7 @@ from influence_core.highlight import text_html
 from pages import analysis as core
 from pages import common
 
+common.ensure_frame()
 st.title("Influence heatmap")
 st.caption("Rows are test reviews, columns training reviews. " + common.SIGN_HELP)
 

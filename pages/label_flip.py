@@ -11,6 +11,7 @@ from influence_core.cache import stable_hash
 from pages import analysis as core
 from pages import common
 
+common.ensure_frame()
 st.title("Label-flip corruption")
 st.caption(
     "What happens to the influences if some training labels were wrong? Flip them here: for a two-class model "
@@ -22,7 +23,7 @@ out, analysis = common.require_analysis()
 n_train = analysis.scores.n_train
 binary = len(analysis.label_names) == 2
 
-c1, c2, c3 = st.columns([1, 1, 1])
+c1, c2, c3, c4 = st.columns([3, 2, 1, 2])
 MODES = {"random fraction": "random", "hand-picked": "chosen", "all": "all"}
 mode = MODES[c1.radio("Flip", list(MODES), horizontal=True, key="fl_mode", bind="query-params")]
 fraction, seed, chosen = 0.1, 0, []
@@ -69,8 +70,8 @@ cols[1].metric("Pairs that change sign", f"{changed}", help="helpful ↔ harmful
 cols[2].metric("Share of pairs", f"{changed / before.size:.1%}")
 cols[3].metric("Method", method)
 
-q_count = st.slider("Test reviews shown", 2, max(2, analysis.scores.n_test), min(20, analysis.scores.n_test),
-                    key="fl_rows", bind="query-params")
+q_count = c4.number_input("Test reviews shown", 1, max(1, analysis.scores.n_test), min(20, analysis.scores.n_test),
+                          key="fl_rows", bind="query-params")
 rows = np.arange(min(int(q_count), analysis.scores.n_test))
 cols_shown = np.flatnonzero(flip)
 others = np.argsort(-np.abs(before).sum(axis=0))

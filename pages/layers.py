@@ -10,6 +10,7 @@ from influence_core import figures
 from pages import analysis as core
 from pages import common
 
+common.ensure_frame()
 st.title("Layers")
 st.caption("Influence is a sum over layers. Which layers carry it, and do they agree? " + common.SIGN_HELP)
 

@@ -11,6 +11,7 @@ from influence_core.highlight import text_html
 from pages import analysis as core
 from pages import common
 
+common.ensure_frame()
 st.title("Mislabel finder")
 st.caption(
     "A training review whose label is wrong has to be memorised: its own loss depends strongly on its weight "

@@ -10,6 +10,7 @@ from influence_core import figures
 from influence_core.cache import stable_hash
 from pages import common
 
+common.ensure_frame()
 st.title("Overview")
 st.caption(
     "Which training reviews drive this classifier's predictions? Start here: how good is the model on the test "

@@ -10,6 +10,7 @@ from influence_core import figures
 from pages import analysis as core
 from pages import common
 
+common.ensure_frame()
 st.title("Regularization")
 st.caption(
     "Damping is added to the curvature before it is inverted: too little and a few tiny eigenvalues dominate, too "

@@ -11,6 +11,7 @@ from influence_core.report import ReportSection, build_report
 from pages import analysis as core
 from pages import common
 
+common.ensure_frame()
 st.title("Tour")
 st.caption("Five short steps through this analysis, for anyone: no maths needed. Use Next to follow along.")
 
