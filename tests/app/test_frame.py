@@ -210,3 +210,53 @@ def _wait_for_job(at, timeout: float = 120):
         time.sleep(0.2)
     assert job is not None, "no job was started"
     return job
+
+
+def test_empty_slice_explains_itself(app_env):
+    at = new_app({"test_kw": "no review contains this zqx"})
+    at.run()
+    no_exceptions(at)
+    assert any("no text contains" in e.value for e in at.sidebar.error)
+    assert any("Choose a model and data" in i.value or "no text contains" in i.value for i in at.info)
+
+
+def test_try_a_sentence_names_the_responsible_reviews(computed):
+    at = computed
+    at.text_area(key="sentence").set_value("A <b>bold</b> and lovely film.").run()
+    at.button(key="try_go").click().run()
+    from pages import common
+
+    for job in [j for j in common.job_runner().running() if j.key.startswith("try-")]:
+        job.wait(60)
+    at.run()
+    at.run()
+    no_exceptions(at)
+    assert any(m.value.startswith("**Prediction:") for m in at.markdown)
+    assert any("effect" in d.value.columns for d in at.dataframe)
+
+
+def test_a_running_job_can_be_cancelled(app_env, monkeypatch):
+    import threading
+
+    from pages import analysis as core
+
+    started = threading.Event()
+
+    def slow(spec, store, progress):
+        started.set()
+        for i in range(600):
+            time.sleep(0.05)
+            progress(i, 600, "pretending to fit")
+        return None
+
+    monkeypatch.setattr(core, "compute_analysis", slow)
+    at = new_app({"train_n": "21"})
+    at.run()
+    at.button(key="fit_main").click().run()
+    assert started.wait(10)
+    at.run()
+    at.button(key=f"cancel_{_frame(at).spec.key()}").click().run()
+    job = _wait_for_job(at, timeout=20)
+    assert job.status == "cancelled"
+    at.run()
+    assert any("cancelled" in w.value for w in at.warning)
