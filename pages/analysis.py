@@ -463,43 +463,68 @@ class CostEstimate:
         return f"about {format_seconds(self.seconds)} and {format_bytes(self.memory_bytes)} of memory"
 
 
+# Rough per-unit costs on one CPU core pair, calibrated on MiniLM; a finished run rescales them (see _record_speed).
+FORWARD_BACKWARD_S_PER_PARAM = 4e-9  # one example's forward and backward pass, per model parameter
+MAC_S = 7e-11  # one multiply-accumulate in the eigenbasis rotations and score products
+EIGH_S_PER_CUBE = 5e-9  # eigendecomposition of an n x n factor, per n**3
+
+
 def estimate_cost(
     spec: AnalysisSpec, n_train: int, n_test: int, *, layer_sizes: Mapping[str, tuple[int, int]] | None = None
 ) -> CostEstimate:
     """Estimate time and memory of :func:`compute_analysis` for ``n_train`` x ``n_test`` reviews.
 
     ``layer_sizes`` maps each analysed layer to ``(in_features + 1, out_features)``; without it the sizes are
-    guessed from the model's ``config.json`` (demo and local folders).
+    guessed from the model's ``config.json`` (demo and local folders). Times come from a simple cost model
+    (forward/backward passes, eigenbasis rotations, eigendecompositions) scaled by how fast the last run on this
+    machine was, so the first estimate is the roughest.
     """
     sizes = dict(layer_sizes) if layer_sizes else _guess_layer_sizes(spec)
-    n_params = _guess_parameters(spec)
-    speed = _load_speed(spec)
-    per_example = speed or max(1e-8 * n_params * (spec.config.max_length / 128), 2e-3)
-    steps = []
-    seconds = 0.0
-    if spec.model.kind == "demo" and not demo_model_ready():
-        seconds += 3 * 480 * per_example * 3
-        steps.append("fine-tune the demo model once (3 epochs on 480 reviews)")
-    if not factors_ready(spec):
-        passes = 2 if spec.config.method == "ekfac" else 1
-        seconds += passes * n_train * per_example * (2 if spec.config.fisher == "true" else 1)
-        steps.append(f"fit {spec.config.method} factors on {n_train} training reviews ({passes} passes)")
+    finetune = spec.model.kind == "demo" and not demo_model_ready()
+    fit = not factors_ready(spec)
+    seconds, steps = _model_seconds(spec, n_train, n_test, sizes, finetune=finetune, fit=fit)
+    seconds *= _load_speed(spec) or 1.0
     width = sum(i * o for i, o in sizes.values())
     chunk = max(1, min(n_test, int(2 * 1024**3 // max(width * 4, 1))))
-    chunks = math.ceil(n_test / chunk) if n_test else 0
     k = len(spec.dampings)
-    seconds += (chunks * n_train + n_test) * per_example * (1 + 0.15 * (k - 1))
-    steps.append(
-        f"score {n_test} test x {n_train} training reviews over {len(sizes) or '?'} layers at {k} damping values"
-        + (f" ({chunks} passes over the training reviews)" if chunks > 1 else "")
-    )
     factors_bytes = sum((i * i + o * o + i * o) * 8 for i, o in sizes.values())
     queries_bytes = chunk * width * 4
     scores_bytes = k * max(len(sizes), 1) * n_test * n_train * 8 * 2
     widest = max((i * o for i, o in sizes.values()), default=0)
     batch_bytes = spec.config.batch_size * (width + widest * max(k, 1)) * 4  # captures, then one layer's K weightings
-    memory = factors_bytes + queries_bytes + scores_bytes + batch_bytes + n_params * 4 * 3
+    memory = factors_bytes + queries_bytes + scores_bytes + batch_bytes + _guess_parameters(spec) * 4 * 3
     return CostEstimate(seconds=seconds, memory_bytes=float(memory), steps=steps)
+
+
+def _model_seconds(
+    spec: AnalysisSpec, n_train: int, n_test: int, sizes: Mapping[str, tuple[int, int]], *, finetune: bool, fit: bool
+) -> tuple[float, list[str]]:
+    """Unscaled seconds of each stage from the cost model, and the stages in words."""
+    config = spec.config
+    length = config.max_length / 128
+    forward_backward = FORWARD_BACKWARD_S_PER_PARAM * _guess_parameters(spec) * length
+    rotation = 0.0 if config.method == "identity" else MAC_S * sum(i * i * o + i * o * o for i, o in sizes.values())
+    width = sum(i * o for i, o in sizes.values())
+    k = len(spec.dampings)
+    seconds, steps = 0.0, []
+    if finetune:
+        seconds += 3 * 480 * forward_backward * 1.5
+        steps.append("fine-tune the demo model once (3 epochs on 480 reviews)")
+    if fit and config.method != "identity":
+        classes = 2 if config.fisher == "true" else 1  # the true Fisher back-propagates every class (2 in the demo)
+        passes = 2 if config.method == "ekfac" else 1
+        seconds += n_train * forward_backward * classes * passes + n_train * rotation * (passes - 1)
+        seconds += EIGH_S_PER_CUBE * sum(i**3 + o**3 for i, o in sizes.values())
+        steps.append(f"fit {config.method} factors on {n_train} training reviews ({passes} passes)")
+    chunk = max(1, min(n_test, int(2 * 1024**3 // max(width * 4, 1)))) if n_test else 1
+    chunks = math.ceil(n_test / chunk) if n_test else 0
+    per_train = forward_backward + rotation + MAC_S * min(n_test, chunk) * k * width
+    seconds += chunks * n_train * per_train + n_test * (forward_backward + rotation)
+    steps.append(
+        f"score {n_test} test x {n_train} training reviews over {len(sizes) or '?'} layers at {k} damping values"
+        + (f" ({chunks} passes over the training reviews)" if chunks > 1 else "")
+    )
+    return seconds, steps
 
 
 def _model_config(spec: AnalysisSpec) -> dict:
@@ -555,20 +580,21 @@ def _speed_file(spec: AnalysisSpec) -> Path:
 
 
 def _record_speed(spec: AnalysisSpec, n_train: int, n_test: int, seconds: float, finetuned: bool, fitted: bool) -> None:
-    if finetuned:  # a run with a fine-tune says little about per-example speed
+    """Remember how much faster or slower than the cost model this machine was (for the next estimate)."""
+    if finetuned:  # a first-use fine-tune says little about the analysis itself
         return
-    passes = (2 * n_train if fitted else 0) + n_train + n_test
-    if passes <= 0:
+    modelled, _ = _model_seconds(spec, n_train, n_test, _guess_layer_sizes(spec), finetune=False, fit=fitted)
+    if modelled <= 0 or seconds <= 0:
         return
     try:
-        _speed_file(spec).write_text(json.dumps({"seconds_per_example": seconds / passes}), encoding="utf-8")
+        _speed_file(spec).write_text(json.dumps({"speed_factor": seconds / modelled}), encoding="utf-8")
     except OSError:
         pass
 
 
 def _load_speed(spec: AnalysisSpec) -> float | None:
     try:
-        return float(json.loads(_speed_file(spec).read_text(encoding="utf-8"))["seconds_per_example"])
+        return float(json.loads(_speed_file(spec).read_text(encoding="utf-8"))["speed_factor"])
     except (OSError, ValueError, KeyError):
         return None
 

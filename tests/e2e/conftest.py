@@ -2,7 +2,8 @@
 
 Skipped when Chromium or Playwright is missing. By default the app uses a tiny local classifier (fast); set
 ``E2E_DEMO_MODEL=1`` to use the real built-in demo model (fine-tuned on first use: minutes), which is what
-``SAVE_SCREENSHOTS=1`` should be combined with to refresh ``assets/screenshots/`` for the README.
+``SAVE_SCREENSHOTS=1`` should be combined with to refresh ``assets/screenshots/`` for the README
+(``E2E_REUSE_ANALYSES=1`` also reuses factors and scores already in the user cache).
 """
 
 from __future__ import annotations
@@ -60,9 +61,13 @@ def app_server(tmp_path_factory):
     env["INFLUENCE_EXPLORER_CACHE"] = str(cache)
     if os.environ.get("E2E_DEMO_MODEL") == "1":
         env.pop("INFLUENCE_EXPLORER_MODEL", None)
-        models = Path(os.environ.get("E2E_DEMO_MODELS_FROM", Path.home() / ".cache" / "influence-explorer" / "models"))
-        if models.is_dir():  # reuse a demo model fine-tuned earlier instead of training it again
-            shutil.copytree(models, cache / "models", dirs_exist_ok=True)
+        source = Path(os.environ.get("E2E_CACHE_FROM", Path.home() / ".cache" / "influence-explorer"))
+        # reuse the demo model fine-tuned earlier instead of training it again; with E2E_REUSE_ANALYSES=1 also
+        # the factors and scores (the first test then finds the analysis computed and skips the fit)
+        parts = ["models", "timings"] + (["factors", "analyses"] if os.environ.get("E2E_REUSE_ANALYSES") == "1" else [])
+        for part in parts:
+            if (source / part).is_dir():
+                shutil.copytree(source / part, cache / part, dirs_exist_ok=True)
     else:
         from tests.app.conftest import build_tiny_classifier
 
