@@ -19,15 +19,17 @@ from pages import common  # noqa: E402 - after the environment is set
 ICON = Path(__file__).resolve().parent / "assets" / "app_icon.png"  # local file: no request leaves the machine
 st.set_page_config(page_title="Influence Explorer", page_icon=str(ICON), layout="wide")
 
+# URL paths are the file names: until the first st.navigation call of a process Streamlit also knows the pages
+# by file name (legacy pages/ folder), so a deep link as the first request still finds its page.
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
-    st.Page("pages/heatmap.py", title="Influence heatmap", icon=":material/grid_on:", url_path="heatmap"),
-    st.Page("pages/explain.py", title="Explain a prediction", icon=":material/manage_search:", url_path="explain"),
-    st.Page("pages/layers.py", title="Layers", icon=":material/layers:", url_path="layers"),
-    st.Page("pages/label_flip.py", title="Label-flip corruption", icon=":material/swap_horiz:", url_path="label-flip"),
-    st.Page("pages/regularization.py", title="Regularization", icon=":material/tune:", url_path="regularization"),
-    st.Page("pages/mislabel.py", title="Mislabel finder", icon=":material/flag:", url_path="mislabel"),
-    st.Page("pages/tour.py", title="Tour", icon=":material/slideshow:", url_path="tour"),
+    st.Page("pages/heatmap.py", title="Influence heatmap", icon=":material/grid_on:"),
+    st.Page("pages/explain.py", title="Explain a prediction", icon=":material/manage_search:"),
+    st.Page("pages/layers.py", title="Layers", icon=":material/layers:"),
+    st.Page("pages/label_flip.py", title="Label-flip corruption", icon=":material/swap_horiz:"),
+    st.Page("pages/regularization.py", title="Regularization", icon=":material/tune:"),
+    st.Page("pages/mislabel.py", title="Mislabel finder", icon=":material/flag:"),
+    st.Page("pages/tour.py", title="Tour", icon=":material/slideshow:"),
 ]
 
 page = st.navigation(PAGES)

@@ -25,6 +25,7 @@ HELPFUL = "rgb(33,102,172)"
 HARMFUL = "rgb(178,24,43)"
 NEUTRAL = "rgb(127,127,127)"
 SIGN_NOTE = "positive = helpful, negative = harmful"
+TOP_RIGHT_LEGEND = {"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"}  # clear of titles
 MAX_HOVER_CELLS = 250_000  # above this, hover shows indices only (per-cell text would bloat the page)
 
 
@@ -91,7 +92,9 @@ def influence_heatmap(
         matrix: ``[n_test, n_train]``; positive = helpful, negative = harmful.
         row_hover, col_hover: escaped hover lines per test / train review (see :func:`hover_text`).
         row_names, col_names: axis tick labels (defaults ``test 0``, ``train 0``, ...); must be unique.
-        zmax: symmetric colour range ``[-zmax, zmax]``; pass a shared value to compare figures.
+        zmax: symmetric colour range ``[-zmax, zmax]``; pass a shared value to compare figures. By default the
+            95th percentile of ``|matrix|``, so a few extreme pairs do not wash out the rest (beyond it colours
+            saturate; hover still shows the exact value).
         colorbar_title: the colour bar's title.
     """
     z = np.asarray(matrix, dtype=float)
@@ -100,7 +103,7 @@ def influence_heatmap(
     cols = list(col_names) if col_names is not None else [f"train {j}" for j in range(n_cols)]
     if zmax is None:
         finite = np.abs(z[np.isfinite(z)])
-        zmax = float(finite.max()) if finite.size else 1.0
+        zmax = float(np.quantile(finite, 0.95)) or float(finite.max()) if finite.size else 1.0
     zmax = zmax or 1.0
     trace = go.Heatmap(
         z=z,
@@ -174,7 +177,7 @@ def confidence_histogram(confidence: np.ndarray, correct: np.ndarray, *, title: 
         title={"text": html.escape(title)} if title else None,
         xaxis={"title": "confidence (probability of the predicted class)", "range": [0, 1.0001]},
         yaxis={"title": "test reviews"},
-        legend={"orientation": "h", "y": 1.1},
+        legend=TOP_RIGHT_LEGEND,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         height=300,
     )
@@ -244,7 +247,8 @@ def layerwise_bars(
             row=row,
             col=1,
         )
-    fig.update_xaxes(type="category", showticklabels=n <= 40)
+    fig.update_xaxes(type="category", showticklabels=False)
+    fig.update_xaxes(showticklabels=n <= 40, row=len(layers), col=1)
     fig.update_layout(
         title={"text": html.escape(title)} if title else None,
         height=max(260, 150 * len(layers) + 60),
@@ -321,7 +325,7 @@ def before_after_scatter(
         title={"text": html.escape(title)} if title else None,
         xaxis={"title": "influence with original labels", "zeroline": True},
         yaxis={"title": "influence with corrupted labels", "zeroline": True},
-        legend={"orientation": "h", "y": 1.1},
+        legend=TOP_RIGHT_LEGEND,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         height=420,
     )
@@ -430,15 +434,18 @@ def ranking_curve_figure(
             name=html.escape(str(name)),
             hovertemplate="k=%{x}<br>" + metric + " %{y:.2f}<extra>%{fullData.name}</extra>",
         )
+    n = int(curves["k"].max()) if len(curves) else 1
     if n_true:
-        fig.add_vline(x=n_true, line_dash="dot", line_color=NEUTRAL, annotation_text=f"{n_true} true mislabels")
+        fig.add_vline(x=n_true, line_dash="dot", line_color=NEUTRAL)
+        fig.add_annotation(x=n_true, y=1.04, text=f"k = {n_true} true mislabels", showarrow=False, xanchor="left")
     fig.update_layout(
         title={"text": html.escape(title)} if title else None,
-        xaxis={"title": "k (reviews inspected, most suspicious first)"},
-        yaxis={"title": f"{metric} at k", "range": [0, 1.05], "tickformat": ".0%"},
-        legend={"orientation": "h", "y": 1.12},
+        # the interesting part is the top of the ranking: show up to 4x the number of true mislabels
+        xaxis={"title": "k (reviews inspected, most suspicious first)", "range": [1, min(n, max(50, 4 * (n_true or 0)))]},
+        yaxis={"title": f"{metric} at k", "range": [0, 1.08], "tickformat": ".0%"},
+        legend={"orientation": "h", "x": 0, "y": -0.25, "yanchor": "top"},  # below: many rankings would cover the lines
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        height=340,
+        height=420,
     )
     return fig
 

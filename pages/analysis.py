@@ -651,7 +651,16 @@ def layer_shares(scores: ScoreTable, k: int, layers: Sequence[str], test_index: 
     return {name: value / total for name, value in parts.items()}
 
 
-def suggest_damping(stability: pd.DataFrame, threshold: float = 0.99) -> tuple[float | None, str]:
+@dataclass
+class DampingSuggestion:
+    """A damping value to use and why; ``settled`` is False when no computed value met the threshold."""
+
+    value: float | None
+    reason: str
+    settled: bool
+
+
+def suggest_damping(stability: pd.DataFrame, threshold: float = 0.99) -> DampingSuggestion:
     """The smallest damping whose ranking barely changes at the next larger value, and why.
 
     Uses the ``total`` rows of ``ScoreTable.stability()``: the first ``damping_from`` (ascending) whose Spearman
@@ -659,22 +668,22 @@ def suggest_damping(stability: pd.DataFrame, threshold: float = 0.99) -> tuple[f
     closely; once the ranking stops moving, more damping only blurs it.
     """
     if stability.empty:
-        return None, "Score at least two damping values to compare them."
+        return DampingSuggestion(None, "Score at least two damping values to compare them.", False)
     total = stability[stability["layer"] == "total"].sort_values("damping_from")
     for row in total.itertuples():
         if np.isfinite(row.spearman) and row.spearman >= threshold:
-            return float(row.damping_from), (
+            return DampingSuggestion(float(row.damping_from), (
                 f"{row.damping_from:g} is the smallest damping whose training-review ranking barely changes at the next "
                 f"value {row.damping_to:g} (Spearman {row.spearman:.3f} ≥ {threshold}). Smaller values follow the "
                 "curvature more closely but the ranking is not settled there yet."
-            )
+            ), True)
     best = total.loc[total["spearman"].idxmax()] if total["spearman"].notna().any() else None
     if best is None:
-        return None, "The scores are constant or undefined at every damping value; check the layers."
-    return float(best["damping_to"]), (
+        return DampingSuggestion(None, "The scores are constant or undefined at every damping value; check the layers.", False)
+    return DampingSuggestion(float(best["damping_to"]), (
         f"No neighbouring pair reaches Spearman {threshold}; the most stable step is {best['damping_from']:g} → "
         f"{best['damping_to']:g} ({best['spearman']:.3f}). Consider scoring larger damping values."
-    )
+    ), False)
 
 
 def flip_mask(n: int, mode: str, *, fraction: float = 0.1, seed: int = 0, chosen: Sequence[int] = ()) -> np.ndarray:

@@ -333,12 +333,10 @@ def _view_controls(out: Frame) -> None:
     layers = list(analysis.scores.layers)
     short = {name: _short(name) for name in layers}
     picked = st.multiselect(
-        "Layers shown", layers, default=layers, format_func=short.get, key="view_layers", bind="query-params",
-        help="Influence is summed over these layers.",
+        "Layers shown", layers, default=[], format_func=short.get, key="view_layers", bind="query-params",
+        placeholder=f"all {len(layers)} layers", help="Influence is summed over these layers (all when empty).",
     )
     out.layers = picked or layers
-    if not picked:
-        st.caption("No layer chosen: showing all.")
 
 
 def _short(name: str) -> str:

@@ -76,40 +76,48 @@ def token_scores(analysis_key: str, damping: float, q: int, m: int, _spec, _test
     return list(result.tokens), np.asarray(result.scores)
 
 
-def show(j: int, kind: str) -> None:
+def card(j: int, kind: str):
+    """Draw one training review as plain text now; return the slot its highlighted version replaces later."""
     train = analysis.train
     with st.container(border=True):
         st.markdown(
             f"**{kind} · training review #{j}** · score **{row[j]:.4g}** · label {analysis.name(train['label'].iloc[j])}"
             f" · predicted {analysis.name(analysis.train_pred[j])} · row {int(train['row_id'].iloc[j])}"
         )
-        if not highlight:
-            st.html(text_html(train["text"].iloc[j]))
-            return
-        with st.spinner("Scoring tokens…"):
-            tokens, scores = token_scores(
-                analysis.key, out.damping, q, j, out.spec,
-                (analysis.test["text"].iloc[q], label), (train["text"].iloc[j], int(train["label"].iloc[j])),
-            )
-        if relative:
-            denominator = float(np.sqrt(max(self_test * self_train[j], 0.0))) or 1.0
-            scores = scores / denominator
-        st.html(highlight_tokens(tokens, scores))
+        slot = st.empty()
+        slot.html(text_html(train["text"].iloc[j]))
+    return slot
 
 
+slots = {}
 left, right = st.columns(2)
 with left:
     st.subheader("Helpful")
     if not helpful:
         st.caption("No training review has a positive influence on this prediction.")
     for j in helpful:
-        show(j, "Helpful")
+        slots[j] = card(j, "Helpful")
 with right:
     st.subheader("Harmful")
     if not harmful:
         st.caption("No training review has a negative influence on this prediction.")
     for j in harmful:
-        show(j, "Harmful")
+        slots[j] = card(j, "Harmful")
+
+if highlight and slots:
+    # every card is on the page already; tokens are scored one review at a time and swapped in
+    status = st.empty()
+    for number, (j, slot) in enumerate(slots.items(), start=1):
+        status.caption(f"Scoring tokens: review {number} of {len(slots)}…")
+        tokens, scores = token_scores(
+            analysis.key, out.damping, q, j, out.spec,
+            (analysis.test["text"].iloc[q], label), (analysis.train["text"].iloc[j], int(analysis.train["label"].iloc[j])),
+        )
+        if relative:
+            denominator = float(np.sqrt(max(self_test * self_train[j], 0.0))) or 1.0
+            scores = scores / denominator
+        slot.html(highlight_tokens(tokens, scores))
+    status.empty()
 if highlight:
     st.caption("Token scores use every analysed layer at the chosen damping; the pooler and classifier layers see "
                "one vector per review and are credited to the first token.")

@@ -39,8 +39,10 @@ fig = figures.influence_heatmap(
     col_names=[f"train {keep[j]}" for j in cols],
     colorbar_title="relative" if score_kind == "relative" else "influence",
 )
+notes = ["Colours saturate at the 95th percentile of |influence|; hover a cell for its exact value."]
 if len(keep) < matrix.shape[1]:
-    st.caption(f"Showing the {len(keep)} of {matrix.shape[1]} training reviews with the largest total |influence|.")
+    notes.insert(0, f"Showing the {len(keep)} of {matrix.shape[1]} training reviews with the largest total |influence|.")
+st.caption(" ".join(notes))
 common.figure(fig, "influence_heatmap", key="heatmap")
 
 st.subheader("Most extreme pairs")
@@ -63,12 +65,13 @@ st.session_state["_hm_pick"] = pick
 
 st.subheader("Read a pair")
 n_test, n_train = matrix.shape
+top_q, top_m = (int(pairs["test"].iloc[0]), int(pairs["train"].iloc[0])) if len(pairs) else (0, 0)
 s1, s2 = st.columns(2)
 with s1:
-    q = common.url_choice(st.selectbox, "Test review", range(n_test), key="hm_q",
+    q = common.url_choice(st.selectbox, "Test review", range(n_test), key="hm_q", default=top_q,
                           format_func=lambda i: common.review_label(analysis, "test", i))
 with s2:
-    m = common.url_choice(st.selectbox, "Training review", range(n_train), key="hm_m",
+    m = common.url_choice(st.selectbox, "Training review", range(n_train), key="hm_m", default=top_m,
                           format_func=lambda j: common.review_label(analysis, "train", j))
 if q is not None and m is not None:
     value = matrix[q, m]

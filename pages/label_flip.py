@@ -77,7 +77,8 @@ cols_shown = np.flatnonzero(flip)
 others = np.argsort(-np.abs(before).sum(axis=0))
 cols_shown = np.concatenate([cols_shown[:60], [j for j in others if not flip[j]][: max(0, 80 - min(60, len(cols_shown)))]])
 cols_shown = np.sort(cols_shown.astype(int))
-zmax = float(max(np.abs(before[np.ix_(rows, cols_shown)]).max(), np.abs(after[np.ix_(rows, cols_shown)]).max()) or 1.0)
+both = np.abs(np.concatenate([before[np.ix_(rows, cols_shown)].ravel(), after[np.ix_(rows, cols_shown)].ravel()]))
+zmax = float(np.quantile(both, 0.95)) or float(both.max()) or 1.0  # shared and robust: a few extremes saturate
 test_hover, train_hover = analysis.test_hover(), analysis.train_hover()
 col_names = [f"{'⇄ ' if flip[j] else ''}train {j}" for j in cols_shown]
 common_args = {

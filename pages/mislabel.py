@@ -110,10 +110,23 @@ else:
     else:
         curves = figures.ranking_curves(scores_by_name, truth)
         n_true = int(truth.sum())
-        metric_cols = st.columns(len(names))
-        for col, name in zip(metric_cols, names, strict=True):
-            at_k = curves[(curves.ranking == name) & (curves.k == n_true)]
-            col.metric(f"Precision at {n_true}: {name}", f"{float(at_k['precision'].iloc[0]):.0%}")
+        tenth = max(1, int(np.ceil(0.1 * len(truth))))
+        summary = pd.DataFrame(
+            [
+                {
+                    "ranking": name.replace("_", " "),
+                    f"precision at {n_true}": float(group.loc[group.k == n_true, "precision"].iloc[0]),
+                    f"recall at {tenth} (top 10%)": float(group.loc[group.k == tenth, "recall"].iloc[0]),
+                    "reviews to inspect for half of them": int(group.loc[group.recall >= 0.5, "k"].min()),
+                }
+                for name, group in curves.groupby("ranking", sort=False)
+            ]
+        )
+        st.caption(f"{n_true} of {len(truth)} training reviews are known mislabels ({truth_col}).")
+        common.table(
+            summary, "ranking_quality", key="mf_quality",
+            column_config={c: st.column_config.NumberColumn(format="percent") for c in summary.columns[1:3]},
+        )
         left, right = st.columns(2)
         with left:
             common.figure(figures.ranking_curve_figure(curves, "precision", n_true=n_true, title="Precision at k"),

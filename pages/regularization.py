@@ -31,11 +31,13 @@ def stability(analysis_key: str, _scores) -> pd.DataFrame:
 
 
 table = stability(analysis.key, scores)
-value, reason = core.suggest_damping(table)
+suggestion = core.suggest_damping(table)
+value = suggestion.value
 with st.container(border=True):
     if value is not None:
-        st.markdown(f"**Suggested damping: {value:g}** ({scores.damping_mode})")
-    st.caption(reason)
+        heading = "Suggested damping" if suggestion.settled else "Most stable computed damping"
+        st.markdown(f"**{heading}: {value:g}** ({scores.damping_mode})")
+    st.caption(suggestion.reason)
     if value is not None and not np.isclose(value, out.damping):
         st.caption(f"The view currently uses {out.damping:g}; pick {value:g} under *View → Damping* in the sidebar.")
 

@@ -154,7 +154,7 @@ def report_html() -> bytes:
     ]
     if len(analysis.dampings) > 1:
         stability = scores.stability()
-        _, reason = core.suggest_damping(stability)
+        reason = core.suggest_damping(stability).reason
         sections.append(ReportSection("Damping stability (Spearman)", text=reason,
                                       figure=figures.stability_heatmap(stability, "spearman")))
     if planted is not None and planted.any():

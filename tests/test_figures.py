@@ -19,7 +19,7 @@ def test_heatmap_is_diverging_centred_at_zero_with_escaped_hover(matrix):
     trace = fig.data[0]
     assert isinstance(trace, go.Heatmap)
     assert trace.zmid == 0 and trace.zmin == -trace.zmax
-    assert trace.zmax == pytest.approx(np.abs(matrix).max())
+    assert trace.zmax == pytest.approx(np.quantile(np.abs(matrix), 0.95))  # robust: a few extremes saturate
     assert np.asarray(trace.customdata).shape == (5, 7, 2)
     assert "<script>" not in str(trace.customdata.tolist()) and "&lt;script&gt;" in trace.customdata[0][0][1]
     assert "label pos" in trace.customdata[0][0][0] and "predicted neg" in trace.customdata[0][0][0]

@@ -48,7 +48,7 @@ def test_first_visit_fits_with_one_click(page, app_server):
         ("heatmap", "Influence heatmap", "02_heatmap"),
         ("explain", "Explain a prediction", "03_explain"),
         ("layers", "Layers", "04_layers"),
-        ("label-flip", "Label-flip corruption", "05_label_flip"),
+        ("label_flip", "Label-flip corruption", "05_label_flip"),
         ("regularization", "Regularization", "06_regularization"),
         ("mislabel", "Mislabel finder", "07_mislabel"),
         ("tour", "Tour", "08_tour"),
@@ -97,7 +97,7 @@ def test_sidebar_choice_is_written_to_the_url(page, app_server):
 
 
 def test_flip_labels(page, app_server):
-    open_page(page, app_server, "label-flip", QUERY)
+    open_page(page, app_server, "label_flip", QUERY)
     page.get_by_text("Pairs that change sign").wait_for()
     page.get_by_text("all", exact=True).click()
     wait_idle(page)
