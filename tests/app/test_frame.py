@@ -260,3 +260,16 @@ def test_a_running_job_can_be_cancelled(app_env, monkeypatch):
     assert job.status == "cancelled"
     at.run()
     assert any("cancelled" in w.value for w in at.warning)
+
+
+def test_a_bare_encoder_is_refused_with_advice(app_env):
+    from influence_core.models import base_encoder_path
+
+    at = new_app({"model": "local folder", "model_name": base_encoder_path()})
+    at.run()
+    at.button(key="fit_sidebar").click().run()
+    job = _wait_for_job(at)
+    assert job.status == "error" and "not a sequence classifier" in job.error and "finetune" in job.error
+    at.run()
+    no_exceptions(at)
+    assert any("not a sequence classifier" in e.value for e in at.error)
