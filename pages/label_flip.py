@@ -49,8 +49,9 @@ else:
     key = f"flip-{analysis.key}-{out.k}-{stable_hash(np.flatnonzero(flip).tolist())}"
     job = common.job_runner().get(key)
     if job is None or job.status not in ("done",):
+        cost = core.estimate_cost(out.spec, n_train, analysis.scores.n_test)
         st.caption(f"{len(analysis.label_names)} classes: each flipped review gets the next class, and the scores are "
-                   "recomputed (one pass over the training reviews).")
+                   f"recomputed (one pass over the training reviews): {cost.describe()}.")
         if (job is None or not job.running) and st.button("Recompute with flipped labels", type="primary"):
             spec, store, k = out.spec, common.model_store(), out.k
             common.job_runner().start(

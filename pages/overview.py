@@ -8,6 +8,7 @@ import streamlit as st
 
 from influence_core import figures
 from influence_core.cache import stable_hash
+from pages import analysis as core
 from pages import common
 
 common.ensure_frame()
@@ -60,6 +61,8 @@ sentence = st.text_area(
     "Your review", "A warm, funny film with a wonderful cast.", max_chars=2000, key="sentence", height=80,
 )
 if sentence.strip():
+    cost = core.estimate_cost(out.spec, analysis.scores.n_train, 1)
+    st.caption(f"Scoring it against {analysis.scores.n_train} training reviews takes {cost.describe()}.")
     key = f"try-{analysis.key}-{out.k}-{stable_hash(sentence)}"
     job = common.job_runner().get(key)
     if st.button("Predict and find the responsible training reviews", type="primary", key="try_go"):
