@@ -270,14 +270,15 @@ def run_cli(args: Any) -> int:
         evaluation = align_labels(_cli_table(read_table(args.eval), args.text_col, args.label_col, args.eval), names)
         eval_texts, eval_labels = evaluation["text"].tolist(), evaluation["label"].tolist()
 
-    bar = tqdm(total=None, unit="step", dynamic_ncols=True)
+    bars: list[tqdm] = []  # created at the first step, so load errors are not drawn under an empty bar
 
     def progress(done: int, total: int, stage: str) -> None:
         if stage.startswith("fine-tune"):
-            bar.total = total
-            bar.set_description(stage)
-            bar.n = done
-            bar.refresh()
+            if not bars:
+                bars.append(tqdm(total=total, unit="step", dynamic_ncols=True))
+            bars[0].set_description(stage)
+            bars[0].n = done
+            bars[0].refresh()
 
     try:
         result = finetune(
@@ -296,7 +297,8 @@ def run_cli(args: Any) -> int:
             progress=progress,
         )
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     accuracy = "" if result.eval_accuracy is None else f", eval accuracy {result.eval_accuracy:.4f}"
     print(f"saved {result.out_dir} ({len(train)} examples, {result.seconds:.1f} s{accuracy})")
     return 0
