@@ -332,6 +332,35 @@ def before_after_scatter(
     return fig
 
 
+def before_after_bars(
+    before: np.ndarray, after: np.ndarray, names: Sequence[str], hover: Sequence[str] | None = None, *, title: str = ""
+) -> go.Figure:
+    """One training review's influence on several test reviews ``[n]`` before and after a change, as paired bars.
+
+    ``before`` is grey; ``after`` is blue where helpful and red where harmful. Bars keep the caller's order.
+    """
+    before = np.asarray(before, dtype=float)
+    after = np.asarray(after, dtype=float)
+    labels = [html.escape(str(name)) for name in names]
+    custom = list(hover) if hover is not None else None
+    template = "%{x}: %{y:.4g}" + ("<br>%{customdata}" if custom is not None else "")
+    fig = go.Figure()
+    fig.add_bar(x=labels, y=before, name="before", marker_color=NEUTRAL, customdata=custom,
+                hovertemplate=template + "<extra>before</extra>")
+    fig.add_bar(x=labels, y=after, name="after", marker_color=[HELPFUL if v >= 0 else HARMFUL for v in after],
+                customdata=custom, hovertemplate=template + "<extra>after</extra>")
+    fig.update_layout(
+        barmode="group",
+        title={"text": html.escape(title)} if title else None,
+        xaxis={"type": "category", "showticklabels": len(labels) <= 40},
+        yaxis={"title": f"influence ({SIGN_NOTE})", "zeroline": True},
+        legend=TOP_RIGHT_LEGEND,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        height=380,
+    )
+    return fig
+
+
 def stability_heatmap(stability: pd.DataFrame, metric: str = "spearman", *, title: str = "") -> go.Figure:
     """Correlation of influence between neighbouring damping values, per layer.
 
@@ -495,6 +524,7 @@ __all__ = [
     "layerwise_bars",
     "layer_share_figure",
     "before_after_scatter",
+    "before_after_bars",
     "stability_heatmap",
     "damping_curve",
     "ranking_curves",

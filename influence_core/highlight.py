@@ -51,11 +51,16 @@ def score_colour(score: float, scale: float) -> str:
     return f"rgba({r},{g},{b},{alpha:.3f})"
 
 
+NO_SPACE_BEFORE = frozenset(".,!?;:)]}%'’-")
+NO_SPACE_AFTER = frozenset("([{$'’-")
+
+
 def merge_word_pieces(tokens: Sequence[str]) -> list[tuple[str, bool]]:
     """Display text per token and whether a space goes before it.
 
-    Understands WordPiece (``##ing`` continues a word), SentencePiece (``▁word`` starts one) and byte-level
-    BPE (``Ġword`` starts one). Returns ``[(text, space_before)]``, one entry per input token.
+    Understands WordPiece (``##ing`` continues a word; ``.`` and ``'`` are separate tokens that take no space:
+    ``i ' ve`` reads ``i've``), SentencePiece (``▁word`` starts one) and byte-level BPE (``Ġword`` starts one).
+    Returns ``[(text, space_before)]``, one entry per input token.
     """
     out: list[tuple[str, bool]] = []
     sentencepiece = any(t.startswith("▁") for t in tokens)
@@ -67,7 +72,8 @@ def merge_word_pieces(tokens: Sequence[str]) -> list[tuple[str, bool]]:
             starts = token.startswith("▁") or token.startswith("Ġ")
             out.append((token.lstrip("▁Ġ"), starts and i > 0))
         else:
-            out.append((token, i > 0))
+            glued = token in NO_SPACE_BEFORE or (i > 0 and tokens[i - 1] in NO_SPACE_AFTER)
+            out.append((token, i > 0 and not glued))
     return out
 
 

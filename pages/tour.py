@@ -29,6 +29,11 @@ victim = int(np.argmin(matrix[:, suspect]))  # the test review it harms most
 suspect_rank = int(np.flatnonzero(suspicion == suspect)[0]) + 1
 binary = len(analysis.label_names) == 2
 
+def number(value: float) -> str:
+    """A readable number for non-specialists: ``-393,000`` rather than ``-3.93e+05``."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 STEPS = ["1 · A prediction", "2 · Why", "3 · A suspicious review", "4 · The harm", "5 · The fix"]
 
 
@@ -91,7 +96,7 @@ elif index == 3:
     harmed = int((row < 0).sum())
     st.markdown(
         f"Training review #{suspect} is **harmful for {harmed} of {scores.n_test} test reviews**. The most harmed is "
-        f"test review #{victim} from step 1 (influence {row[victim]:.3g})."
+        f"test review #{victim} from step 1 (influence {number(row[victim])})."
     )
     worst = np.argsort(row)[:10]
     hover = analysis.test_hover()
@@ -109,11 +114,17 @@ else:
         st.markdown(
             f"With its label corrected to *{analysis.name(1 - int(train['label'].iloc[suspect]))}*, review #{suspect} "
             f"turns from harmful to **helpful for {turned} test reviews**. On test review #{victim} its influence "
-            f"goes from {before[victim]:.3g} to **{after[victim]:.3g}**."
+            f"goes from {number(before[victim])} to **{number(after[victim])}**."
         )
-        common.figure(figures.before_after_scatter(before[:, None], after[:, None], np.array([True]),
-                                                   title=f"Influence of review #{suspect} on every test review"),
-                      "tour_fix", key="tour_fix")
+        shown = np.argsort(-np.abs(before))[:15]
+        shown = shown[np.argsort(before[shown])]
+        hover = analysis.test_hover()
+        common.figure(
+            figures.before_after_bars(before[shown], after[shown], [f"test #{i}" for i in shown],
+                                      [hover[i] for i in shown],
+                                      title=f"Review #{suspect} on the test reviews it affects most, before and after"),
+            "tour_fix", key="tour_fix",
+        )
     else:
         st.markdown("Relabel it in the **Mislabel finder** and compare on the **Label-flip** page.")
     st.markdown("**Next**: review the rest of the queue in the **Mislabel finder**, and export the cleaned data.")

@@ -76,6 +76,14 @@ def test_before_after_scatter_marks_flipped_columns(matrix):
     assert len(sub.data[0].x) == 50
 
 
+def test_before_after_bars_colour_the_after_bars_by_sign():
+    fig = figures.before_after_bars(np.array([-1.0, 2.0]), np.array([1.0, -2.0]), ["a", "<b>"], ["h1", "h2"])
+    before, after = fig.data
+    assert before.marker.color == figures.NEUTRAL
+    assert after.marker.color == (figures.HELPFUL, figures.HARMFUL)
+    assert before.x[1] == "&lt;b&gt;"
+
+
 def test_stability_heatmap_and_damping_curve():
     frame = pd.DataFrame(
         {

@@ -42,6 +42,12 @@ def test_colours_follow_sign_and_scale():
     assert 'title="+1"' in out and 'title="-1"' in out
 
 
+def test_punctuation_is_glued_like_text():
+    pieces = merge_word_pieces(["i", "'", "ve", "seen", "self", "-", "important", "films", "."])
+    text = "".join((" " if space else "") + t for t, space in pieces)
+    assert text == "i've seen self-important films."
+
+
 def test_word_piece_schemes():
     assert merge_word_pieces(["play", "##ing", "well"]) == [("play", False), ("ing", False), ("well", True)]
     assert merge_word_pieces(["▁play", "ing", "▁well"]) == [("play", False), ("ing", False), ("well", True)]

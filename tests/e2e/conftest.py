@@ -1,7 +1,8 @@
 """Browser tests: `streamlit run app.py` on a free port, driven by Playwright with Debian's Chromium.
 
 Skipped when Chromium or Playwright is missing. By default the app uses a tiny local classifier (fast); set
-``E2E_DEMO_MODEL=1`` to use the real built-in demo model (fine-tuned on first use: minutes), which is what
+``E2E_DEMO_MODEL=1`` to use the real built-in demo model (fine-tuned on first use: minutes), or
+``E2E_MODEL_DIR=<folder>`` for another local classifier; either is what
 ``SAVE_SCREENSHOTS=1`` should be combined with to refresh ``assets/screenshots/`` for the README
 (``E2E_REUSE_ANALYSES=1`` also reuses factors and scores already in the user cache).
 """
@@ -59,8 +60,10 @@ def app_server(tmp_path_factory):
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cache = tmp_path_factory.mktemp("e2e_cache")
     env["INFLUENCE_EXPLORER_CACHE"] = str(cache)
-    if os.environ.get("E2E_DEMO_MODEL") == "1":
+    if os.environ.get("E2E_DEMO_MODEL") == "1" or os.environ.get("E2E_MODEL_DIR"):
         env.pop("INFLUENCE_EXPLORER_MODEL", None)
+        if os.environ.get("E2E_MODEL_DIR"):  # any local classifier folder, analysed with the app's default slices
+            env["INFLUENCE_EXPLORER_MODEL"] = os.environ["E2E_MODEL_DIR"]
         source = Path(os.environ.get("E2E_CACHE_FROM", Path.home() / ".cache" / "influence-explorer"))
         # reuse the demo model fine-tuned earlier instead of training it again; with E2E_REUSE_ANALYSES=1 also
         # the factors and scores (the first test then finds the analysis computed and skips the fit)

@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FIT_TIMEOUT_MS = int(os.environ.get("E2E_FIT_TIMEOUT_S", "900")) * 1000
 # Small slices keep the fit short with the tiny model; the demo model uses the app's defaults.
-QUERY = "" if os.environ.get("E2E_DEMO_MODEL") == "1" else "train_n=40&test_n=12"
+REAL_MODEL = os.environ.get("E2E_DEMO_MODEL") == "1" or bool(os.environ.get("E2E_MODEL_DIR"))
+QUERY = "" if REAL_MODEL else "train_n=40&test_n=12"
 
 
 def charts(page, at_least: int) -> None:
@@ -73,6 +74,7 @@ def test_explain_highlights_tokens(page, app_server):
     open_page(page, app_server, "explain", f"{QUERY}&test=2")
     page.get_by_text("Test review #2").first.wait_for()
     page.locator(".ie-tokens span").first.wait_for(timeout=120_000)
+    expect(page.get_by_text("Scoring tokens")).to_have_count(0, timeout=300_000)  # every card highlighted
     assert page.locator(".ie-tokens span").count() > 5
     assert page.locator(".ie-legend").count() == 1
     no_error_on_page(page)
