@@ -73,8 +73,8 @@ def test_heatmap_pair_from_the_url(page, app_server):
 def test_explain_highlights_tokens(page, app_server):
     open_page(page, app_server, "explain", f"{QUERY}&test=2")
     page.get_by_text("Test review #2").first.wait_for()
-    page.locator(".ie-tokens span").first.wait_for(timeout=120_000)
-    expect(page.get_by_text("Scoring tokens")).to_have_count(0, timeout=300_000)  # every card highlighted
+    page.locator(".ie-tokens span").first.wait_for(timeout=FIT_TIMEOUT_MS if REAL_MODEL else 120_000)
+    expect(page.get_by_text("Scoring tokens")).to_have_count(0, timeout=FIT_TIMEOUT_MS)  # every card highlighted
     assert page.locator(".ie-tokens span").count() > 5
     assert page.locator(".ie-legend").count() == 1
     no_error_on_page(page)
