@@ -2,8 +2,9 @@
 
 Pages stay thin: they call :func:`require_analysis` (which draws the empty state, the cost estimate and the
 "Fit and score" button until an analysis exists), then draw with :mod:`influence_core.figures`, and offer
-downloads with :func:`figure` and :func:`table`. All widget state that defines a view is bound to the URL
-(``bind="query-params"``), so a link reproduces it.
+downloads with :func:`figure` and :func:`table`. All widget state that defines a view is kept in the URL, so a
+link reproduces it: widgets use ``bind="query-params"``, except review pickers, which keep the review's number
+there through ``st.query_params`` (:func:`url_choice`) instead of its long label.
 """
 
 from __future__ import annotations
