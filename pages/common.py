@@ -315,9 +315,23 @@ def _summary(out: Frame) -> None:
         f"**Status** {status}",
     ]
     st.caption("  \n".join(lines))
+    if job is not None and job.running:
+        st.fragment(run_every=2.0)(_sidebar_progress)(spec.key())
     if out.analysis is None and not (job is not None and job.running):
         if st.button("Fit and score", type="primary", key="fit_sidebar", width="stretch", help="Starts in the background."):
             start_analysis(out)
+
+
+def _sidebar_progress(key: str) -> None:
+    """A slim progress bar that follows the job from any page and reloads the app when it finishes."""
+    job = job_runner().get(key)
+    if job is None:
+        return
+    if job.running:
+        st.progress(job.fraction, text=f"{job.name}: {job.message or 'starting…'}")
+    elif st.session_state.get(f"_seen_{key}") != id(job):
+        st.session_state[f"_seen_{key}"] = id(job)
+        st.rerun(scope="app")
 
 
 def _view_controls(out: Frame) -> None:
