@@ -158,6 +158,21 @@ def screenshot(page, name: str) -> None:
     page.set_viewport_size(size)
 
 
+def choose_option(page, combobox, option: str, attempts: int = 5) -> None:
+    """Pick ``option`` from a Streamlit selectbox. A click that lands while the sidebar is still settling (an
+    expander just opened) may not open the dropdown, so click again until the option is listed."""
+    choice = page.get_by_role("option", name=option, exact=True)
+    for _ in range(attempts):
+        combobox.click()
+        try:
+            choice.wait_for(timeout=3_000)
+        except Exception:  # playwright's TimeoutError; the dropdown did not open yet
+            continue
+        choice.click()
+        return
+    raise AssertionError(f"the dropdown never listed {option!r}")
+
+
 def no_error_on_page(page) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0
     assert page.get_by_text("Something went wrong").count() == 0

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from tests.e2e.conftest import no_error_on_page, open_page, screenshot, wait_idle
+from tests.e2e.conftest import choose_option, no_error_on_page, open_page, screenshot, wait_idle
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -85,8 +85,7 @@ def test_sidebar_choice_is_written_to_the_url(page, app_server):
     open_page(page, app_server, "", QUERY)
     sidebar = page.locator('[data-testid="stSidebar"]')
     sidebar.locator('[data-testid="stExpander"] summary').filter(has_text="Method").click()
-    sidebar.get_by_role("combobox", name="Method").click()
-    page.get_by_role("option", name="kfac", exact=True).click()
+    choose_option(page, sidebar.get_by_role("combobox", name="Method"), "kfac")
     page.wait_for_function("() => window.location.search.includes('method=kfac')")
     page.get_by_text("Nothing computed yet").wait_for()  # a new method is a new analysis
     # the link reproduces the view in a fresh tab
