@@ -8,6 +8,11 @@ Every ranking is a score per training example, shape [n_train], where **higher =
 - ``trusted_influence``: minus the example's summed influence on a held-out slice with labels one trusts
   (``-sum_q I(q, m)``). A wrong label pushes the model away from clean data, so its influence there is
   negative (harmful) and this score is high.
+- ``relative_harm``: minus the example's mean *relative* influence on the trusted slice,
+  ``-mean_q I(q, m) / sqrt(I(q, q) I(m, m))`` (a cosine in the damped Fisher metric, as in RelatIF, Barshan et
+  al. 2020). Raw influence is dominated by examples with large gradients, and a hard but correctly labelled
+  example has a large gradient that *helps* similar clean examples; dividing by the norms leaves the
+  direction: does the example pull the model away from what clean data needs?
 - ``loss``: cross-entropy of the given label, ``-log p_y``.
 - ``margin``: minus the prediction margin, ``max_{c != y} p_c - p_y``, in [-1, 1].
 - ``combined``: the mean of the percentile ranks of :data:`COMBINED_PARTS` that are available (see
@@ -38,7 +43,7 @@ from influence_core.scores import ScoreTable
 Progress = Callable[[int, int, str], None]
 
 #: Every ranking column of :func:`mislabel_scores`, in display order (``combined`` last).
-RANKINGS = ("self_influence", "trusted_influence", "loss", "margin", "combined")
+RANKINGS = ("self_influence", "trusted_influence", "relative_harm", "loss", "margin", "combined")
 #: The rankings averaged (as percentile ranks) into ``combined``: one curvature-aware signal of memorisation
 #: (self-influence), one of harm to clean data (trusted influence) and the data scientist's baseline (loss).
 #: ``margin`` is left out because it orders binary examples exactly as ``loss`` does and would count twice.
@@ -48,6 +53,8 @@ COMBINED_PARTS = ("self_influence", "trusted_influence", "loss")
 DESCRIPTIONS = {
     "self_influence": "EK-FAC self-influence I(m, m): how much the review's own loss depends on its weight.",
     "trusted_influence": "Minus the review's summed influence on the trusted slice: high = it hurts clean data.",
+    "relative_harm": "Minus the review's mean relative influence (a cosine) on the trusted slice: high = it pulls "
+                     "the model away from clean data, whatever its size.",
     "loss": "Cross-entropy of the given label (out-of-sample when such predictions are supplied).",
     "margin": "Minus the prediction margin p(given label) - max p(other label).",
     "combined": "Mean percentile rank of " + ", ".join(COMBINED_PARTS) + ".",
@@ -68,6 +75,9 @@ class TrainingSignals:
         train_probs: Predicted class probabilities, shape [n_train, C].
         train_labels: Given labels, shape [n_train].
         n_trusted: Size of the trusted slice (0 without one).
+        trusted_relative: ``sum_q I(q, m) / sqrt(I(q, q))`` over the trusted slice, shape [K, L, n_train], where
+            ``I(q, q)`` is the trusted example's self-influence over *all* layers at that damping; None without a
+            trusted slice. :meth:`relative_total` divides it by ``sqrt(I(m, m))`` and ``n_trusted``.
     """
 
     dampings: np.ndarray
@@ -78,14 +88,22 @@ class TrainingSignals:
     train_labels: np.ndarray
     n_trusted: int = 0
     meta: dict = field(default_factory=dict)
+    trusted_relative: np.ndarray | None = None
 
     @classmethod
     def from_table(cls, table: ScoreTable) -> TrainingSignals:
         """The signals of a ScoreTable; its test examples are the trusted slice."""
         trusted = table.pairwise.sum(axis=2) if table.n_test else None
+        relative = None
+        if table.n_test:
+            norms = np.sqrt(np.clip(table.test_self_influence.sum(axis=1), 0.0, None))  # [K, n_test]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                inverse = np.where(norms > 0, 1.0 / norms, 0.0)
+            relative = np.einsum("klqm,kq->klm", table.pairwise, inverse)
         return cls(dampings=np.asarray(table.dampings), layers=list(table.layers), self_influence=table.self_influence,
                    trusted_influence=trusted, train_probs=np.asarray(table.train_probs),
-                   train_labels=np.asarray(table.train_labels), n_trusted=table.n_test, meta=dict(table.meta))
+                   train_labels=np.asarray(table.train_labels), n_trusted=table.n_test, meta=dict(table.meta),
+                   trusted_relative=relative)
 
     @property
     def n_train(self) -> int:
@@ -110,6 +128,17 @@ class TrainingSignals:
         if self.trusted_influence is None:
             return None
         return self.trusted_influence[k, self._layer_index(layers)].sum(axis=0)
+
+    def relative_total(self, k: int = 0, layers: Sequence[str] | None = None) -> np.ndarray | None:
+        """Mean relative influence on the trusted slice, ``mean_q I(q, m) / sqrt(I(q, q) I(m, m))``, shape
+        [n_train] in [-1, 1] (positive = helpful), or None. ``I(m, m)`` is summed over ``layers``, ``I(q, q)``
+        over all layers; examples with zero self-influence get 0."""
+        if self.trusted_relative is None or self.self_influence is None or not self.n_trusted:
+            return None
+        norms = np.sqrt(np.clip(self.self_total(k, layers), 0.0, None))
+        summed = self.trusted_relative[k, self._layer_index(layers)].sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(norms > 0, summed / norms, 0.0) / self.n_trusted
 
 
 def training_signals(engine, train_texts, train_labels, trusted_texts=None, trusted_labels=None, *,
@@ -155,20 +184,30 @@ def training_signals(engine, train_texts, train_labels, trusted_texts=None, trus
     steps = num_batches(len(train), engine.config.batch_size)
     steps += sum(num_batches(min(chunk, n_trusted - s), engine.config.batch_size) for s in range(0, n_trusted, chunk))
     tracker = _StepCounter(progress, steps)
-    summed = {name: torch.zeros(1, size, dtype=dtype, device=device) for name, size in sizes.items()}
+    k = len(values)
+    # row 0: sum_q g_q; row 1 + j: sum_q g_q / sqrt(I(q, q)) at damping j (rotated gradients; one row per damping
+    # because the normalisation depends on it). The training pass meets all 1 + K rows at every damping, and
+    # the relative sums are the diagonal (row 1 + j, damping j).
+    summed = {name: torch.zeros(1 + k, size, dtype=dtype, device=device) for name, size in sizes.items()}
     with engine._session(), engine.tracker.hooks():
         for start in range(0, n_trusted, chunk):
             rows = np.arange(start, min(start + chunk, n_trusted))
-            queries, _, _ = engine._queries(trusted.subset(rows), rotations, weights, tracker)
+            queries, _, q_self = engine._queries(trusted.subset(rows), rotations, weights, tracker)
+            norms = torch.as_tensor(np.sqrt(np.clip(q_self.sum(axis=1), 0.0, None)), dtype=dtype, device=device)
+            inverse = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))  # [K, n]
             for name in engine.layers:
-                summed[name] += queries[name].sum(dim=0, keepdim=True)
+                summed[name][0] += queries[name].sum(dim=0)
+                summed[name][1:] += inverse @ queries[name]
             del queries
         block, self_values, probs = engine._train_pass(train, summed, rotations, weights, True, tracker)
+    relative = None
+    if trusted is not None:
+        relative = np.stack([block[j, :, 1 + j, :] for j in range(k)])  # [K, L, n_train]
     return TrainingSignals(
         dampings=values, layers=list(engine.layers), self_influence=self_values,
         trusted_influence=block[:, :, 0, :] if trusted is not None else None, train_probs=probs,
         train_labels=train.labels.copy(), n_trusted=n_trusted,
-        meta={"config": engine.config.key(), "fingerprint": engine.fingerprint},
+        meta={"config": engine.config.key(), "fingerprint": engine.fingerprint}, trusted_relative=relative,
     )
 
 
@@ -249,6 +288,9 @@ def mislabel_scores(table: ScoreTable | TrainingSignals, k: int = 0, layers: Seq
     trusted_values = signals.trusted_total(k, layers) if trusted else None
     if trusted_values is not None:
         columns["trusted_influence"] = -trusted_values
+    relative_values = signals.relative_total(k, layers) if trusted else None
+    if relative_values is not None:
+        columns["relative_harm"] = -relative_values
     source = signals.train_probs
     if probs is not None:
         source = _check_probs(probs, signals.n_train, signals.train_probs.shape[1])

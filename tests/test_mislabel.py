@@ -124,9 +124,16 @@ def _table(n_test=3, n_train=6, k=2, layers=("a", "b"), seed=0) -> ScoreTable:
 def test_mislabel_scores_on_a_table():
     table = _table()
     frame = mislabel_scores(table, k=1, layers=["b"])
-    assert list(frame.columns) == ["self_influence", "trusted_influence", "loss", "margin", "combined", "rank"]
+    assert list(frame.columns) == ["self_influence", "trusted_influence", "relative_harm", "loss", "margin", "combined",
+                                   "rank"]
     np.testing.assert_allclose(frame["self_influence"], table.self_total(1, ["b"]))
     np.testing.assert_allclose(frame["trusted_influence"], -table.total(1, ["b"]).sum(axis=0))
+    # relative harm: -mean_q I(q, m) / sqrt(I(q, q) I(m, m)), with I(q, q) over all layers, written out
+    q_norm = np.sqrt(table.test_self_total(1))
+    m_norm = np.sqrt(table.self_total(1, ["b"]))
+    expected_relative = -(table.total(1, ["b"]) / np.outer(q_norm, m_norm)).mean(axis=0)
+    np.testing.assert_allclose(frame["relative_harm"], expected_relative)
+    np.testing.assert_allclose(mislabel_scores(table, k=1)["relative_harm"], -table.relative(1).mean(axis=0))
     np.testing.assert_allclose(frame["loss"], table.train_losses())
     p_given = table.train_probs[np.arange(6), table.train_labels]
     np.testing.assert_allclose(frame["margin"], 1 - 2 * p_given)
@@ -137,7 +144,8 @@ def test_mislabel_scores_on_a_table():
     assert frame.attrs["probs"] == "in-sample" and frame.attrs["combined_parts"] == list(COMBINED_PARTS)
 
     untrusted = mislabel_scores(table, trusted=False)
-    assert "trusted_influence" not in untrusted.columns and untrusted.attrs["combined_parts"] == ["self_influence", "loss"]
+    assert "trusted_influence" not in untrusted.columns and "relative_harm" not in untrusted.columns
+    assert untrusted.attrs["combined_parts"] == ["self_influence", "loss"]
 
     # out-of-sample predictions replace the in-sample ones for loss and margin only
     oos = np.tile([[0.5, 0.5]], (6, 1))
@@ -153,7 +161,7 @@ def test_mislabel_scores_on_a_table():
         mislabel_scores(table, k=5)
 
     app = rankings(table, k=0)
-    assert set(app) == {"self_influence", "trusted_influence", "loss", "margin", "combined"}
+    assert set(app) == {"self_influence", "trusted_influence", "relative_harm", "loss", "margin", "combined"}
     assert all(values.shape == (6,) for values in app.values())
 
 
@@ -184,6 +192,10 @@ def test_training_signals_equal_summed_pairwise_scores(engine):
     finally:
         engine.query_memory_bytes = 2 * 1024**3
     np.testing.assert_allclose(signals.trusted_influence, table.pairwise.sum(axis=2), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(signals.trusted_relative, TrainingSignals.from_table(table).trusted_relative, rtol=1e-8,
+                               atol=1e-12)
+    for k in range(2):
+        np.testing.assert_allclose(signals.relative_total(k), table.relative(k).mean(axis=0), rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(signals.self_influence, table.self_influence, rtol=1e-8)
     np.testing.assert_allclose(signals.train_probs, table.train_probs, rtol=1e-10)
     assert signals.n_trusted == 4 and signals.layers == table.layers
