@@ -361,6 +361,37 @@ def before_after_bars(
     return fig
 
 
+def retrain_losses(losses: Mapping[str, float], reference: str, *, highlight: str | None = None, title: str = "",
+                   axis_title: str = "test loss") -> go.Figure:
+    """Losses of several retrained models as bars, with the ``reference`` model's loss as a dashed line.
+
+    ``highlight`` (e.g. the model without the most harmful reviews) is blue when below the reference and red
+    when above; every other bar is grey. Bars keep the caller's order.
+    """
+    names = [html.escape(str(name)) for name in losses]
+    values = np.array([float(v) for v in losses.values()])
+    base = float(losses[reference])
+    colours = []
+    for name, value in zip(losses, values):
+        if highlight is not None and name == highlight:
+            colours.append(HELPFUL if value < base else HARMFUL)
+        else:
+            colours.append(NEUTRAL)
+    fig = go.Figure()
+    fig.add_bar(x=names, y=values, marker_color=colours, text=[f"{v:.3f}" for v in values], textposition="outside",
+                hovertemplate="%{x}: %{y:.4f}<extra></extra>", showlegend=False)
+    fig.add_hline(y=base, line_dash="dash", line_color=NEUTRAL, annotation_text=html.escape(str(reference)),
+                  annotation_position="top left")
+    fig.update_layout(
+        title={"text": html.escape(title)} if title else None,
+        xaxis={"type": "category"},
+        yaxis={"title": axis_title, "rangemode": "tozero"},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        height=360,
+    )
+    return fig
+
+
 def stability_heatmap(stability: pd.DataFrame, metric: str = "spearman", *, title: str = "") -> go.Figure:
     """Correlation of influence between neighbouring damping values, per layer.
 

@@ -183,8 +183,7 @@ class ModelStore:
         """
         from influence_core.engine import InfluenceEngine
 
-        value = spec.chosen_damping if damping is None else float(damping)
-        config = spec.config.replace(relative_damping=value) if spec.damping_mode == "relative" else spec.config.replace(damping=value)
+        config = scoring_config(spec, damping)
         loaded = self.model(spec.model)
         key = (stable_hash(model_identity(spec.model)), spec.factors_key(), config.key())
         with self._lock:
@@ -735,10 +734,6 @@ RANKINGS: dict[str, tuple[str, Ranking]] = {
         "The model's loss on the given label: a confident disagreement with the label is suspicious.",
         lambda a, k, layers: a.scores.train_losses(),
     ),
-    "relative_harm": (
-        "Mean relative influence on the test reviews, negated: reviews that are harmful for their size rank first.",
-        lambda a, k, layers: -a.scores.relative(k, list(layers) if layers else None).mean(axis=0),
-    ),
 }
 
 
@@ -920,3 +915,87 @@ def upload_path(token: str) -> Path | None:
     name = Path(token).name
     path = cache_dir("uploads") / name
     return path if name and path.is_file() else None
+
+
+# ------------------------------------------------------------------------------------------- fix and retrain
+def study_model(spec: AnalysisSpec) -> str:
+    """The model under study as :mod:`influence_core.retrain` names it: ``"demo"``, a folder or a Hub id."""
+    return "demo" if spec.model.kind == "demo" else spec.model.name
+
+
+def scoring_config(spec: AnalysisSpec, damping: float | None = None) -> EngineConfig:
+    """The analysis's engine settings with one damping value (default: the chosen one), absolute or relative."""
+    value = spec.chosen_damping if damping is None else float(damping)
+    if spec.damping_mode == "relative":
+        return spec.config.replace(relative_damping=value)
+    return spec.config.replace(damping=value)
+
+
+@dataclass
+class RetrainOutcome:
+    """A retrain on the cleaned reviews, and the influences of the retrained model.
+
+    Attributes:
+        result: Test accuracy and loss before and after (:class:`influence_core.retrain.RetrainResult`).
+        kept: Positions (in the analysed training slice) of the training reviews that remain, [n_kept].
+        influence_after: Test x kept-training influence of the retrained model at the chosen damping, over every
+            analysed layer, [n_test, n_kept]; positive = helpful.
+    """
+
+    result: Any
+    kept: np.ndarray
+    influence_after: np.ndarray
+
+
+def retrain_cleaned(spec: AnalysisSpec, analysis: Analysis, cleaned: pd.DataFrame, progress: Progress) -> RetrainOutcome:
+    """Fine-tune the model's recipe on ``cleaned`` (from :func:`cleaned_dataset`), compare test accuracy and loss
+    with the model under study, then fit and score the retrained model on the same layers and damping."""
+    from influence_core.engine import InfluenceEngine
+    from influence_core.models import load_classifier
+    from influence_core.retrain import retrain
+
+    if cleaned.empty:
+        raise DataError("every training review is marked mislabeled: nothing is left to train on")
+    test = analysis.test[["text", "label"]]
+    result = retrain(study_model(spec), cleaned[["text", "label"]], test, label_names=analysis.label_names,
+                     progress=progress.span(0.0, 0.7), cancel=_cancel_check(progress))
+    loaded = load_classifier(ModelSource("local", str(result.model_dir)))
+    engine = InfluenceEngine(loaded.model, loaded.tokenizer, scoring_config(spec))
+    texts, labels = cleaned["text"].tolist(), cleaned["label"].to_numpy()
+    engine.fit(texts, labels, progress=progress.span(0.7, 0.85))
+    table = engine.score(test["text"].tolist(), test["label"].to_numpy(), texts, labels, self_influence=False,
+                         progress=progress.span(0.85, 1.0))
+    position = {int(r): i for i, r in enumerate(analysis.train["row_id"])}
+    kept = np.array([position[int(r)] for r in cleaned["row_id"]], dtype=int)
+    return RetrainOutcome(result=result, kept=kept, influence_after=table.total(0))
+
+
+def counterfactual(spec: AnalysisSpec, analysis: Analysis, test_index: int, influence: np.ndarray, k: int,
+                   draws: int, progress: Progress):
+    """Retrain without the ``k`` training reviews most harmful to test review ``test_index`` and without ``k``
+    random ones (``draws`` times); see :func:`influence_core.retrain.counterfactual_check`."""
+    from influence_core.retrain import counterfactual_check
+
+    train = analysis.train[["text", "label", "row_id"]]
+    return counterfactual_check(
+        study_model(spec), train, analysis.test["text"].iloc[test_index], int(analysis.test["label"].iloc[test_index]),
+        influence, k=k, n_random=draws, label_names=analysis.label_names, progress=progress,
+        cancel=_cancel_check(progress),
+    )
+
+
+def _cancel_check(progress: Progress) -> Callable[[], bool]:
+    """``cancel()`` for :mod:`influence_core.retrain`: True once the job behind ``progress`` was cancelled."""
+    from influence_core.jobs import JobCancelled
+
+    check = getattr(progress, "check", None)
+
+    def cancelled() -> bool:
+        try:
+            if check is not None:
+                check()
+        except JobCancelled:
+            return True
+        return False
+
+    return cancelled

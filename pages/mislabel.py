@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from influence_core import figures
+from influence_core.cache import stable_hash
 from influence_core.highlight import text_html
 from pages import analysis as core
 from pages import common
@@ -155,3 +156,104 @@ if marks and e3.button("Clear all marks", key="mf_clear_all"):
 if len(flags):
     with st.expander(f"Marked reviews ({len(flags)})"):
         st.dataframe(pd.DataFrame(flags), hide_index=True)
+
+# ---------------------------------------------------------------- fix and retrain
+st.subheader("Fix and retrain")
+model_name = core.study_model(out.spec)
+st.caption(
+    f"Fine-tune the model's own recipe ({'the demo recipe' if model_name == 'demo' else model_name}) on the cleaned "
+    "reviews, compare test accuracy and loss with the model under study, and score the retrained model on the same "
+    "layers and damping. 'Before' is the model under study as it is."
+)
+changed = n_dropped + n_relabelled
+retrain_key = f"retrain-{analysis.key}-{stable_hash(cleaned[['row_id', 'label']].to_numpy().tolist())}"
+retrain_job = common.job_runner().get(retrain_key)
+if not changed:
+    st.info("Mark or relabel reviews in the queue above first; the retrain uses your marks.")
+elif retrain_job is None or retrain_job.status != "done":
+    if (retrain_job is None or not retrain_job.running) and st.button(
+        f"Retrain without {n_dropped} and with {n_relabelled} relabelled", type="primary", key="mf_retrain",
+        icon=":material/model_training:",
+    ):
+        spec = out.spec
+        common.job_runner().start(lambda progress: core.retrain_cleaned(spec, analysis, cleaned, progress),
+                                  key=retrain_key, name="Retrain on the cleaned data")
+        st.rerun()
+    common.job_panel(retrain_key)
+else:
+    outcome = retrain_job.result
+    result = outcome.result
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Test accuracy after", f"{result.after_accuracy:.1%}",
+              delta=None if result.before_accuracy is None else f"{result.after_accuracy - result.before_accuracy:+.1%}")
+    m2.metric("Test loss after", f"{result.after_loss:.3f}",
+              delta=None if result.before_loss is None else f"{result.after_loss - result.before_loss:+.3f}",
+              delta_color="inverse")
+    m3.metric("Training reviews", result.n_train, delta=f"{result.n_train - len(train):+d}")
+    for note in result.notes:
+        st.caption(note)
+    before = analysis.influence(out.k, None)[:, outcome.kept]
+    after = outcome.influence_after
+    shared = float(np.percentile(np.abs(np.concatenate([before.ravel(), after.ravel()])), 95)) or None
+    names = [f"train {int(i)}" for i in outcome.kept]
+    left, right = st.columns(2)
+    with left:
+        common.figure(figures.influence_heatmap(before, col_names=names, title="Influence before (model under study)",
+                                                zmax=shared), "influence_before_retrain", key="mf_before")
+    with right:
+        common.figure(figures.influence_heatmap(after, col_names=names, title="Influence after (retrained)", zmax=shared),
+                      "influence_after_retrain", key="mf_after")
+    harmful_before, harmful_after = int((before < 0).sum()), int((after < 0).sum())
+    st.caption(f"Harmful pairs: {harmful_before} before, {harmful_after} after, over the same "
+               f"{before.shape[0]} test x {before.shape[1]} training reviews (all layers, the chosen damping; "
+               "colours share one scale).")
+    common.table(result.per_example().assign(text=analysis.test["text"].to_numpy()).sort_values("change"),
+                 "test_loss_before_after", key="mf_loss_change",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("loss_before", "loss_after", "change")})
+
+# ---------------------------------------------------------------- counterfactual check
+st.subheader("Does removing the most harmful reviews help?")
+st.caption(
+    "The honest test of influence: retrain without the k training reviews that influence calls most harmful for "
+    "one test review, and without k random reviews, and compare that review's loss. Each retrain is one fine-tune "
+    "with the same recipe and seed."
+)
+f1, f2, f3 = st.columns([4, 1, 1])
+with f1:
+    q = common.url_choice(st.selectbox, "Test review", list(range(len(analysis.test))), key="cf_test",
+                          format_func=lambda i: common.review_label(analysis, "test", i))
+k_remove = f2.number_input("k", 1, max(1, min(50, len(train) - 1)), min(10, max(1, len(train) - 1)), key="cf_k",
+                           bind="query-params", help="Training reviews removed.")
+draws = f3.number_input("Random draws", 1, 5, 2, key="cf_draws", bind="query-params",
+                        help="Retrains without k random reviews (their spread shows what chance does).")
+if q is not None:
+    q = int(q)
+    influence_q = analysis.influence(out.k, out.layers)[q]
+    cf_key = f"cf-{analysis.key}-{out.k}-{stable_hash(list(out.layers or []))}-{q}-{int(k_remove)}-{int(draws)}"
+    cf_job = common.job_runner().get(cf_key)
+    if cf_job is None or cf_job.status != "done":
+        st.caption(f"{2 + int(draws)} fine-tunes (the one on every review is cached and shared between test reviews).")
+        if (cf_job is None or not cf_job.running) and st.button("Run the check", key="cf_run", type="primary",
+                                                                 icon=":material/science:"):
+            spec, kk, nd = out.spec, int(k_remove), int(draws)
+            common.job_runner().start(
+                lambda progress: core.counterfactual(spec, analysis, q, influence_q, kk, nd, progress), key=cf_key,
+                name="Counterfactual check",
+            )
+            st.rerun()
+        common.job_panel(cf_key)
+    else:
+        check = cf_job.result
+        harmful_label = f"minus {check.k} most harmful"
+        losses = {"all reviews": check.loss_full, harmful_label: check.loss_minus_harmful}
+        losses.update({f"minus {check.k} random ({i + 1})": v for i, v in enumerate(check.loss_minus_random)})
+        verdict = ("lowered its loss more than removing random reviews did" if check.harmful_beats_random
+                   else "did not lower its loss more than removing random reviews did")
+        st.markdown(f"Removing the {check.k} most harmful training reviews **{verdict}**: "
+                    f"{check.loss_full:.3f} → {check.loss_minus_harmful:.3f}, against "
+                    f"{check.loss_minus_random_mean:.3f} on average without {check.k} random ones.")
+        common.figure(figures.retrain_losses(losses, "all reviews", highlight=harmful_label,
+                                             title=f"Loss of test review #{q} after each retrain"),
+                      "counterfactual_check", key="cf_fig")
+        common.table(check.summary(), "counterfactual_check", key="cf_table",
+                     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("loss", "change")})

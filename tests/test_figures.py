@@ -84,6 +84,17 @@ def test_before_after_bars_colour_the_after_bars_by_sign():
     assert before.x[1] == "&lt;b&gt;"
 
 
+def test_retrain_losses_colour_the_highlighted_bar_against_the_reference():
+    losses = {"full": 0.8, "minus 5 most harmful": 0.3, "minus 5 random (1)": 0.9, "<i>": 0.7}
+    fig = figures.retrain_losses(losses, "full", highlight="minus 5 most harmful", title="Review #3")
+    (bars,) = fig.data
+    assert list(bars.x) == ["full", "minus 5 most harmful", "minus 5 random (1)", "&lt;i&gt;"]
+    assert bars.marker.color == (figures.NEUTRAL, figures.HELPFUL, figures.NEUTRAL, figures.NEUTRAL)
+    assert fig.layout.shapes[0].y0 == 0.8  # the reference line
+    worse = figures.retrain_losses({"full": 0.2, "minus": 0.5}, "full", highlight="minus")
+    assert worse.data[0].marker.color == (figures.NEUTRAL, figures.HARMFUL)
+
+
 def test_stability_heatmap_and_damping_curve():
     frame = pd.DataFrame(
         {

@@ -146,6 +146,40 @@ def test_marks_persist_across_reruns_and_sessions(computed):
     MarkStore.for_data(first.spec.train_data).clear()
 
 
+def _finish_jobs(prefix: str, timeout: float = 240) -> None:
+    from pages import common
+
+    for job in [j for j in common.job_runner().running() if j.key.startswith(prefix)]:
+        job.wait(timeout)
+
+
+def test_retrain_on_cleaned_data_and_counterfactual_check(computed):
+    at = computed
+    at.switch_page("pages/mislabel.py").run()
+    no_exceptions(at)
+    assert any("Mark or relabel reviews" in i.value for i in at.info)
+    first = _frame(at).analysis
+    at.button(key="mf_bad").click().run()  # the most suspicious review is dropped
+    at.button(key="mf_retrain").click().run()
+    _finish_jobs("retrain-")
+    at.run()
+    no_exceptions(at)
+    metrics = {m.label: m for m in at.metric}
+    assert "Test accuracy after" in metrics and metrics["Training reviews"].value == "23"
+    assert any("Harmful pairs:" in c.value for c in at.caption)
+
+    at.number_input(key="cf_k").set_value(2).run()
+    at.number_input(key="cf_draws").set_value(1).run()
+    at.button(key="cf_run").click().run()
+    _finish_jobs("cf-")
+    at.run()
+    no_exceptions(at)
+    assert any("most harmful training reviews" in m.value for m in at.markdown)
+    from pages.analysis import MarkStore
+
+    MarkStore.for_data(first.spec.train_data).clear()
+
+
 def test_upload_is_validated_and_texts_are_escaped(app_env):
     at = new_app({"data": "upload"})
     at.run()
