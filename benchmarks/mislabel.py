@@ -14,7 +14,7 @@ Two tasks:
 Factors and scores are computed for every layer and several damping values in one pass, so the layer
 subsets and dampings listed under "variants" cost no extra gradient pass; the headline numbers use
 ``--layers`` and ``--damping``, fixed on a development seed (``--dev-seed``) that is not among the
-evaluation seeds. Results go to ``--out`` (JSON); the tables between the markers of ``--md`` are replaced.
+evaluation seeds. Results go to ``--out`` (JSON); each task's block between its markers in ``--md`` is replaced.
 
     python -m benchmarks.mislabel --task all --seeds 0,1,2 [--oos-folds 2] [--dev]
 """
@@ -41,6 +41,7 @@ from influence_core import EngineConfig, InfluenceEngine  # noqa: E402
 from influence_core.cache import cache_dir, stable_hash  # noqa: E402
 from influence_core.layers import layer_groups  # noqa: E402
 from influence_core.mislabel import (  # noqa: E402
+    COMBINED_PARTS,
     TrainingSignals,
     combine,
     evaluate_rankings,
@@ -59,12 +60,11 @@ DAMPINGS = (1e-3, 1e-2, 1e-1, 1.0)
 LAYER_SETS = ("ffn,head", "all", "ffn", "attention", "head")
 #: Candidate combinations, each a mean of percentile ranks; the library's is ``combined``.
 COMBINATIONS = {
-    "combined": ("self_influence", "trusted_influence", "loss"),
+    "combined": COMBINED_PARTS,
     "self+loss": ("self_influence", "loss"),
     "self+trusted": ("self_influence", "trusted_influence"),
     "trusted+loss": ("trusted_influence", "loss"),
 }
-MARK_START, MARK_END = "<!-- mislabel-results:start -->", "<!-- mislabel-results:end -->"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,17 +83,19 @@ def main(argv: list[str] | None = None) -> int:
         airline_seeds = [args.dev_seed] if args.dev else [int(s) for s in args.airline_seeds.split(",") if s.strip()]
         results["airline"] = [run_airline(seed, args) for seed in airline_seeds]
         results["airline_summary"] = summarise([run["rankings"] for run in results["airline"]])
+    if args.task == "counterfactual":
+        results["counterfactual"] = run_counterfactual(args)
     results["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
-    if args.dev and args.out == default_out():
-        out = out.with_name("mislabel_dev.json")
+    if args.out == default_out() and (args.dev or args.task == "counterfactual"):
+        out = out.with_name("mislabel_dev.json" if args.dev else "counterfactual.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=_json_default))
     print(f"wrote {out} ({results['seconds']:.0f} s)")
-    tables = markdown(results)
-    print(tables)
+    sections = markdown(results)
+    print("\n\n".join(sections.values()))
     if args.md and not args.dev:
-        write_markdown(Path(args.md), tables)
+        write_markdown(Path(args.md), sections)
     return 0
 
 
@@ -103,7 +105,8 @@ def default_out() -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mislabel", description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="all", choices=["sst2", "airline", "all"])
+    parser.add_argument("--task", default="all", choices=["sst2", "airline", "counterfactual", "all"],
+                        help="all = sst2 and airline; counterfactual (demo retrains) runs only when named")
     parser.add_argument("--seeds", default="0,1,2", help="evaluation seeds (sample, flips, fine-tune)")
     parser.add_argument("--airline-seeds", default="0", help="seeds of the airline sample")
     parser.add_argument("--dev", action="store_true", help="run only --dev-seed (to choose settings), write *_dev.json")
@@ -121,6 +124,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="engine batch size")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 by default: on a shared CPU, multi-threaded LAPACK is far slower)")
+    parser.add_argument("--cf-k", type=int, default=10, help="counterfactual: training reviews removed")
+    parser.add_argument("--cf-worst", type=int, default=3, help="counterfactual: test reviews with the highest loss")
+    parser.add_argument("--cf-random-reviews", type=int, default=2, help="counterfactual: test reviews at random")
+    parser.add_argument("--cf-draws", type=int, default=3, help="counterfactual: random removals (shared by reviews)")
     parser.add_argument("--out", default=default_out())
     parser.add_argument("--md", default=str(ROOT / "benchmarks" / "MISLABEL.md"))
     args = parser.parse_args(argv)
@@ -234,13 +241,12 @@ def ranking_frame(signals: TrainingSignals, layer_names: list[str], k: int, oos:
     frame["random"] = np.random.default_rng(seed + 104729).random(len(frame))
     if oos is not None:
         frame["loss_oos"] = label_losses(oos, signals.train_labels)
-        frame["combined_oos"] = combine({"self_influence": frame["self_influence"].to_numpy(),
-                                         "trusted_influence": frame["trusted_influence"].to_numpy(),
-                                         "loss": frame["loss_oos"].to_numpy()})
+        frame["combined_oos"] = combine({part: frame["loss_oos" if part == "loss" else part].to_numpy()
+                                         for part in COMBINED_PARTS})
     return frame
 
 
-HEADLINE = ["self_influence", "trusted_influence", "loss", "margin", "combined", "loss_oos", "combined_oos", "random"]
+HEADLINE = ["self_influence", "trusted_influence", "relative_harm", "loss", "margin", "combined", "loss_oos", "combined_oos", "random"]
 
 
 def variants(signals: TrainingSignals, layer_sets: dict[str, list[str]], truth: np.ndarray) -> list[dict]:
@@ -251,8 +257,8 @@ def variants(signals: TrainingSignals, layer_sets: dict[str, list[str]], truth: 
             continue
         for k, damping in enumerate(signals.dampings):
             frame = mislabel_scores(signals, k=k, layers=names)
-            columns = {"self_influence": frame["self_influence"].to_numpy(),
-                       "trusted_influence": frame["trusted_influence"].to_numpy(), "loss": frame["loss"].to_numpy()}
+            columns = {name: frame[name].to_numpy() for name in ("self_influence", "trusted_influence",
+                                                                  "relative_harm", "loss")}
             for combo, parts in COMBINATIONS.items():
                 columns[combo] = np.mean([percentile_ranks(columns[p]) for p in parts], axis=0)
             graded = evaluate_rankings(columns, truth, columns=list(columns))
@@ -318,6 +324,49 @@ def run_airline(seed: int, args: argparse.Namespace) -> dict:
             "timings": timings, "rankings": rows}
 
 
+def run_counterfactual(args: argparse.Namespace) -> dict:
+    """Retrain the demo model without the k most harmful training reviews of a test review, and without k random
+    ones; the test reviews are chosen before any retrain: the ``--cf-worst`` with the highest loss under the
+    demo model and ``--cf-random-reviews`` drawn at random. Influence: ``--layers``, relative ``--damping``."""
+    from influence_core.demo import DEMO_HYPERPARAMETERS, demo_corpus, demo_model_dir
+    from influence_core.models import ModelSource, load_classifier
+    from influence_core.retrain import counterfactual_check
+
+    print("counterfactual check on the demo", flush=True)
+    corpus = demo_corpus()
+    train = corpus[corpus["split"] == "train"].reset_index(drop=True)
+    test = corpus[corpus["split"] == "test"].reset_index(drop=True)
+    start = time.perf_counter()
+    model_dir = demo_model_dir()
+    loaded = load_classifier(ModelSource("local", str(model_dir)))
+    config = EngineConfig(layers=args.layers, relative_damping=args.damping,
+                          max_length=DEMO_HYPERPARAMETERS["max_length"], batch_size=args.batch_size)
+    engine = InfluenceEngine(loaded.model, loaded.tokenizer, config)
+    engine.fit(train["text"].tolist())
+    table = engine.score(test["text"].tolist(), test["label"].to_numpy(), train["text"].tolist(),
+                         train["label"].to_numpy(), self_influence=False)
+    influence_s = time.perf_counter() - start
+    losses = table.test_losses()
+    worst = list(np.argsort(-losses, kind="stable")[: args.cf_worst])
+    others = [i for i in range(len(test)) if i not in worst]
+    chosen = worst + sorted(np.random.default_rng(0).choice(others, args.cf_random_reviews, replace=False).tolist())
+    rows = []
+    for q in chosen:
+        started = time.perf_counter()
+        result = counterfactual_check(model_dir, train, test["text"].iloc[q], int(test["label"].iloc[q]),
+                                      table.total(0)[q], k=args.cf_k, n_random=args.cf_draws, random_seed=0)
+        planted = int(train["planted_error"].to_numpy()[np.isin(np.arange(len(train)), result.harmful)].sum())
+        row = {"test_index": int(q), "test_id": int(test["id"].iloc[q]), "chosen_as": "highest loss" if q in worst else "random",
+               "demo_model_loss": float(losses[q]), "planted_errors_removed": planted, **result.to_dict(),
+               "wall_s": round(time.perf_counter() - started, 1)}
+        rows.append(row)
+        print(f"  test review {q} ({row['chosen_as']}): full {result.loss_full:.3f}, minus harmful "
+              f"{result.loss_minus_harmful:.3f}, minus random {np.round(result.loss_minus_random, 3).tolist()} "
+              f"({row['wall_s']:.0f} s)", flush=True)
+    return {"k": args.cf_k, "draws": args.cf_draws, "layers": args.layers, "relative_damping": args.damping,
+            "influence_s": round(influence_s, 1), "reviews": rows}
+
+
 # ----------------------------------------------------------------------------------------------- reporting
 def summarise(runs: list[list[dict]]) -> list[dict]:
     """Mean and standard deviation over runs of every metric, per ranking."""
@@ -333,39 +382,59 @@ def summarise(runs: list[list[dict]]) -> list[dict]:
     return out
 
 
-def markdown(results: dict) -> str:
-    lines = [f"Command: `{results['command']}` ({results['seconds'] / 60:.1f} min on {results['machine']['cpus']} "
-             f"CPU cores, {results['machine']['torch']} torch)", ""]
+def markdown(results: dict) -> dict[str, str]:
+    """One Markdown block per task that ran (``sst2``, ``airline``, ``counterfactual``), each naming its command."""
+    header = (f"Command: `{results['command']}` ({results['seconds'] / 60:.1f} min wall for the whole command on "
+              f"{results['machine']['cpus']} shared CPU cores, torch {results['machine']['torch']}, "
+              f"{results['machine']['threads']} thread)")
+    sections = {}
     if "sst2_summary" in results:
         runs = results["sst2"]
         seeds = ", ".join(str(r["seed"]) for r in runs)
-        lines += [f"**SST-2, {runs[0]['n_train']} sentences, {runs[0]['n_flipped']} labels flipped "
-                  f"(seeds {seeds}; mean ± sd; k = {runs[0]['n_flipped']})**", "",
-                  "| ranking | ROC-AUC | average precision | precision at k | recall in top 10% | recall in top 20% |",
-                  "|---|---|---|---|---|---|"]
+        lines = [header, "", f"**SST-2, {runs[0]['n_train']} sentences, {runs[0]['n_flipped']} labels flipped "
+                 f"(seeds {seeds}; mean ± sd over seeds; k = {runs[0]['n_flipped']})**", "",
+                 "| ranking | ROC-AUC | average precision | precision at k | recall in top 10% | recall in top 20% |",
+                 "|---|---|---|---|---|---|"]
         for row in results["sst2_summary"]:
             cells = [_pm(row, m) for m in ("roc_auc", "average_precision", "precision_at_k", "recall_at_10pct",
                                            "recall_at_20pct")]
             lines.append(f"| {row['ranking']} | " + " | ".join(cells) + " |")
-        lines += ["", "| seed | dev accuracy | fine-tune s | fit factors s | signals s | flipped labels fitted |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "| seed | dev accuracy | fine-tune s | out-of-sample s | fit factors s | signals s | "
+                  "flipped labels fitted |", "|---|---|---|---|---|---|---|"]
         for r in runs:
             t = r["timings"]
             lines.append(f"| {r['seed']} | {r['dev_accuracy']:.3f} | {t.get('finetune_s', 0):.0f} | "
-                         f"{t.get('fit_factors_s', 0):.0f} | {t.get('signals_s', 0):.0f} | {r['flipped_fit']:.2f} |")
-        lines.append("")
+                         f"{t.get('out_of_sample_s', 0):.0f} | {t.get('fit_factors_s', 0):.0f} | "
+                         f"{t.get('signals_s', 0):.0f} | {r['flipped_fit']:.2f} |")
+        sections["sst2"] = "\n".join(lines)
     if "airline_summary" in results:
         runs = results["airline"]
-        lines += [f"**Airline tweets, {runs[0]['n_train']} crowd-labelled tweets (seeds "
-                  f"{', '.join(str(r['seed']) for r in runs)}); {runs[0]['share_conf_below_0.7']:.0%} have "
-                  f"confidence < 0.7, {runs[0]['share_conf_below_1']:.0%} < 1**", "",
-                  "| ranking | Spearman with 1 - confidence | ROC-AUC, confidence < 0.7 | ROC-AUC, confidence < 1 |",
-                  "|---|---|---|---|"]
+        lines = [header, "", f"**Airline tweets, {runs[0]['n_train']} crowd-labelled tweets (seeds "
+                 f"{', '.join(str(r['seed']) for r in runs)}); {runs[0]['share_conf_below_0.7']:.0%} have "
+                 f"confidence < 0.7, {runs[0]['share_conf_below_1']:.0%} < 1**", "",
+                 "| ranking | Spearman with 1 - confidence | ROC-AUC, confidence < 0.7 | ROC-AUC, confidence < 1 |",
+                 "|---|---|---|---|"]
         for row in results["airline_summary"]:
             cells = [_pm(row, m) for m in ("spearman_with_doubt", "roc_auc_conf_below_0.7", "roc_auc_conf_below_1")]
             lines.append(f"| {row['ranking']} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
+        t = runs[0]["timings"]
+        lines += ["", "Times (first seed): " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.0f} s"
+                                                          for k, v in t.items())]
+        sections["airline"] = "\n".join(lines)
+    if "counterfactual" in results:
+        cf = results["counterfactual"]
+        lines = [header, "", f"**Counterfactual check on the demo: remove k = {cf['k']} training reviews and retrain "
+                 f"(same base, seed and hyper-parameters); loss of the test review**", "",
+                 f"| test review (id) | chosen as | full | minus k most harmful | minus k random (mean of {cf['draws']};"
+                 " range) | planted errors among the harmful | harmful < every random |", "|---|---|---|---|---|---|---|"]
+        for r in cf["reviews"]:
+            spread = f"{min(r['loss_minus_random']):.3f} to {max(r['loss_minus_random']):.3f}"
+            below = r["loss_minus_harmful"] < min(r["loss_minus_random"])
+            lines.append(f"| {r['test_index']} ({r.get('test_id', '')}) | {r['chosen_as']} | {r['loss_full']:.3f} | "
+                         f"{r['loss_minus_harmful']:.3f} | {r['loss_minus_random_mean']:.3f} ({spread}) | "
+                         f"{r['planted_errors_removed']} | {'yes' if below else 'no'} |")
+        sections["counterfactual"] = "\n".join(lines)
+    return sections
 
 
 def _pm(row: dict, metric: str) -> str:
@@ -373,15 +442,17 @@ def _pm(row: dict, metric: str) -> str:
     return f"{row[metric]:.3f}" + (f" ± {sd:.3f}" if row.get("runs", 1) > 1 else "")
 
 
-def write_markdown(path: Path, tables: str) -> None:
-    """Replace the text between the result markers of ``path`` (append them if missing)."""
-    block = f"{MARK_START}\n{tables}\n{MARK_END}"
+def write_markdown(path: Path, sections: dict[str, str]) -> None:
+    """Replace the text between each section's markers in ``path`` (append the section if it has none)."""
     text = path.read_text() if path.is_file() else "# Mislabel rankings: benchmark\n\n"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+    for name, body in sections.items():
+        start, end = f"<!-- mislabel:{name}:start -->", f"<!-- mislabel:{name}:end -->"
+        block = f"{start}\n{body}\n{end}"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = head + block + rest.split(end, 1)[1]
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
     print(f"updated {path}")
 
