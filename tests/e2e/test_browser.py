@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 
 import pytest
 
@@ -28,6 +29,7 @@ def charts(page, at_least: int) -> None:
 
 
 def test_first_visit_fits_with_one_click(page, app_server):
+    started = time.perf_counter()
     open_page(page, app_server, "", QUERY)
     page.get_by_text("Nothing computed yet").or_(page.get_by_text("Accuracy (test)")).first.wait_for()
     if os.environ.get("E2E_REUSE_ANALYSES") != "1":
@@ -40,6 +42,7 @@ def test_first_visit_fits_with_one_click(page, app_server):
     wait_idle(page)
     no_error_on_page(page)
     charts(page, 2)
+    print(f"first visit to a drawn overview (model load or fine-tune, fit and score): {time.perf_counter() - started:.0f} s")
     screenshot(page, "01_overview")
 
 
