@@ -87,6 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also run kronfluence's sweep (8 pairwise runs), pyDVL's self-influence and the engine "
                              "with pyDVL's closest Fisher/method (agreement references): hours on 2 cores")
     parser.add_argument("--stages", default="fit,pairwise,self,sweep", help="stages to run (default: %(default)s)")
+    parser.add_argument("--sweep-runs", type=int, default=None,
+                        help="runs of the (long) damping sweep, at most --runs (default: --runs)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the results of an interrupted run of the same workload and run only what is missing")
     parser.add_argument("--n-train", type=int, default=WorkloadSpec.n_train)
     parser.add_argument("--n-test", type=int, default=WorkloadSpec.n_test)
     parser.add_argument("--batch-size", type=int, default=WorkloadSpec.batch_size)
@@ -165,14 +169,20 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads((workload / "workload.json").read_text())
     ensure_venvs(set(names))
     runs_dir = RESULTS / "runs" / spec.key()
-    shutil.rmtree(runs_dir, ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(runs_dir, ignore_errors=True)
+    sweep_runs = args.runs if args.sweep_runs is None else min(args.sweep_runs, args.runs)
     state_root = RESULTS / "state" / spec.key()
     records: dict[tuple[str, str], list[dict]] = {}
 
     def record(contender: Contender, stage: str, index: int) -> None:
         out = runs_dir / f"{contender.name}-{stage}-{index}.json"
-        result = run_worker(contender, stage, workload, state_root / contender.name, out, args.timeout,
-                            args.omp_wait_policy)
+        if args.resume and out.is_file():
+            result = json.loads(out.read_text())
+            result.setdefault("process_seconds", result.get("seconds", 0.0))
+        else:
+            result = run_worker(contender, stage, workload, state_root / contender.name, out, args.timeout,
+                                args.omp_wait_policy)
         result["scores_file"] = str(out.with_suffix(".npy")) if out.with_suffix(".npy").is_file() else None
         records.setdefault((contender.name, stage), []).append(result)
         shown = f"{result['seconds']:.1f} s" if "seconds" in result else f"FAILED: {result['error']}"
@@ -187,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             if index > 0 and name in once:
                 continue
             for stage in contender.stages:
+                if stage == "sweep" and index >= sweep_runs:
+                    continue
                 if stage in stages or (stage == "fit" and index == 0):
                     failed_fit = any("error" in r for r in records.get((name, "fit"), []))
                     if stage != "fit" and failed_fit:

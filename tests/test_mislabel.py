@@ -145,7 +145,7 @@ def test_mislabel_scores_on_a_table():
 
     untrusted = mislabel_scores(table, trusted=False)
     assert "trusted_influence" not in untrusted.columns and "relative_harm" not in untrusted.columns
-    assert untrusted.attrs["combined_parts"] == ["self_influence", "loss"]
+    assert untrusted.attrs["combined_parts"] == ["loss"]
 
     # out-of-sample predictions replace the in-sample ones for loss and margin only
     oos = np.tile([[0.5, 0.5]], (6, 1))
@@ -169,7 +169,7 @@ def test_signals_from_a_table_without_self_influence():
     table = _table()
     table.self_influence = None
     frame = mislabel_scores(TrainingSignals.from_table(table))
-    assert "self_influence" not in frame.columns and frame.attrs["combined_parts"] == ["trusted_influence", "loss"]
+    assert "self_influence" not in frame.columns and frame.attrs["combined_parts"] == ["loss"]
 
 
 # ------------------------------------------------------------------------------------------ one-pass signals
