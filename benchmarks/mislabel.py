@@ -391,7 +391,7 @@ def markdown(results: dict) -> dict[str, str]:
     """One Markdown block per task that ran (``sst2``, ``airline``, ``counterfactual``), each naming its command."""
     header = (f"Command: `{results['command']}` ({results['seconds'] / 60:.1f} min wall for the whole command on "
               f"{results['machine']['cpus']} shared CPU cores, torch {results['machine']['torch']}, "
-              f"{results['machine']['threads']} thread)")
+              f"{results['machine']['threads']} torch thread{'s' if results['machine']['threads'] != 1 else ''})")
     sections = {}
     if "sst2_summary" in results:
         runs = results["sst2"]
