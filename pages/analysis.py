@@ -502,7 +502,12 @@ def _model_seconds(
     config = spec.config
     length = config.max_length / 128
     forward_backward = FORWARD_BACKWARD_S_PER_PARAM * _guess_parameters(spec) * length
-    rotation = 0.0 if config.method == "identity" else MAC_S * sum(i * i * o + i * o * o for i, o in sizes.values())
+    # one example's gradient into the eigenbasis: the engine rotates token by token when that is cheaper than
+    # rotating the per-example matrix (reviews fill about half of max_length on average)
+    tokens = max(1.0, config.max_length / 2)
+    rotation = 0.0 if config.method == "identity" else MAC_S * sum(
+        min(i * i * o + i * o * o, tokens * (i * i + o * o + i * o)) for i, o in sizes.values()
+    )
     width = sum(i * o for i, o in sizes.values())
     k = len(spec.dampings)
     seconds, steps = 0.0, []
@@ -510,7 +515,10 @@ def _model_seconds(
         seconds += 3 * 480 * forward_backward * 1.5
         steps.append("fine-tune the demo model once (3 epochs on 480 reviews)")
     if fit and config.method != "identity":
-        classes = 2 if config.fisher == "true" else 1  # the true Fisher back-propagates every class (2 in the demo)
+        # the true Fisher needs one backward pass per class term; a binary model has one term (the demo's base
+        # encoder records no labels: the demo is binary)
+        n_labels = len(_model_config(spec).get("id2label") or {}) if spec.model.kind != "demo" else 2
+        classes = n_labels if config.fisher == "true" and n_labels > 2 else 1
         passes = 2 if config.method == "ekfac" else 1
         seconds += n_train * forward_backward * classes * passes + n_train * rotation * (passes - 1)
         seconds += EIGH_S_PER_CUBE * sum(i**3 + o**3 for i, o in sizes.values())

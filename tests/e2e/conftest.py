@@ -158,19 +158,20 @@ def screenshot(page, name: str) -> None:
     page.set_viewport_size(size)
 
 
-def choose_option(page, combobox, option: str, attempts: int = 5) -> None:
-    """Pick ``option`` from a Streamlit selectbox. A click that lands while the sidebar is still settling (an
-    expander just opened) may not open the dropdown, so click again until the option is listed."""
+def choose_option(page, combobox, option: str, attempts: int = 8) -> None:
+    """Pick ``option`` from a Streamlit selectbox. A click that lands while the page is redrawing (an expander just
+    opened, a background job's progress refreshing the sidebar) may not open the dropdown or may close it before
+    the option is clicked, so open and click again until the choice is made."""
     choice = page.get_by_role("option", name=option, exact=True)
     for _ in range(attempts):
-        combobox.click()
         try:
-            choice.wait_for(timeout=3_000)
-        except Exception:  # playwright's TimeoutError; the dropdown did not open yet
-            continue
-        choice.click()
-        return
-    raise AssertionError(f"the dropdown never listed {option!r}")
+            combobox.click(timeout=5_000)
+            choice.click(timeout=3_000)
+            return
+        except Exception:  # playwright's TimeoutError: the dropdown closed or never opened; try again
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(500)
+    raise AssertionError(f"could not choose {option!r} after {attempts} attempts")
 
 
 def no_error_on_page(page) -> None:
