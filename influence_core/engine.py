@@ -7,7 +7,9 @@ helpful**: up-weighting ``m`` lowers the loss on ``q``. Negative means harmful.
 
 Training examples are streamed in length-sorted batches and never held as per-example gradients all at
 once. The test side is rotated into the eigenbasis once and reused for every training batch and every
-damping value; when it would not fit in ``query_memory_bytes`` the test set is processed in chunks.
+damping value. When the test gradients of every layer would not fit in ``query_memory_bytes``, the layers are
+split into groups that do (one pass over the training set per group, each layer's training gradients rotated
+once); only when a single layer's test gradients do not fit is the test set itself processed in chunks.
 """
 
 from __future__ import annotations
@@ -253,35 +255,39 @@ class InfluenceEngine:
             if (enc.labels < 0).any():
                 raise DataError(f"every {which} example needs a label to be scored")
         rotations, weights = self._weights(values)
-        widths = {name: self._layer_size(name) for name in self.layers}
-        per_query = sum(widths.values()) * torch.tensor([], dtype=self.config.torch_dtype).element_size()
-        chunk = max(1, min(len(test), self.query_memory_bytes // max(per_query, 1)))
-        chunks = [np.arange(s, min(s + chunk, len(test))) for s in range(0, len(test), chunk)]
+        plan = self._plan(len(test))
         shape = (len(values), len(self.layers))
         pairwise = np.zeros((*shape, len(test), len(train)))
         test_self = np.zeros((*shape, len(test)))
         train_self = np.zeros((*shape, len(train))) if self_influence else None
-        test_probs = np.zeros((len(test), 0))
+        test_probs = None
         train_probs = None
-        steps = len(chunks) * num_batches(len(train), self.config.batch_size) + num_batches(len(test), self.config.batch_size)
+        batch_size = self.config.batch_size
+        steps = sum(num_batches(len(train), batch_size) + num_batches(len(rows), batch_size) for rows, _ in plan)
         tracker = _StepCounter(progress, steps)
+        self_done: set[str] = set()
         with self._session(), self.tracker.hooks():
-            probs_parts = []
             train_tokens = int(train.lengths.sum())
-            for rows in chunks:
-                want_self = self_influence and train_probs is None
+            for rows, layers in plan:
+                index = [self.layers.index(name) for name in layers]
+                want_self = self_influence and not self_done.issuperset(layers)
                 routes = self._routes(rotations, len(rows), len(values), train_tokens, want_self)
-                queries, probs, q_self = self._queries(test.subset(rows), rotations, weights, tracker, routes)
-                probs_parts.append(probs)
-                test_self[:, :, rows] = q_self
-                block, t_self, train_probs_chunk = self._train_pass(train, queries, rotations, weights, want_self,
-                                                                    tracker, routes)
-                pairwise[:, :, rows, :] = block
+                queries, probs, q_self = self._queries(test.subset(rows), rotations, weights, tracker, routes, layers)
+                if test_probs is None:
+                    test_probs = np.zeros((len(test), probs.shape[1]))
+                test_probs[rows] = probs
+                test_self[np.ix_(range(len(values)), index, rows)] = q_self
+                block, t_self, train_probs_pass = self._train_pass(train, queries, rotations, weights, want_self,
+                                                                   tracker, routes, layers)
+                pairwise[np.ix_(range(len(values)), index, rows, range(len(train)))] = block
                 if want_self:
-                    train_self[:] = t_self
+                    train_self[:, index] = t_self
+                    self_done.update(layers)
                 if train_probs is None:
-                    train_probs = train_probs_chunk
-            test_probs = np.concatenate(probs_parts)
+                    train_probs = train_probs_pass
+                del queries, block  # before the next pass allocates its own
+        if test_probs is None:
+            test_probs = np.zeros((0, 0))
         return ScoreTable(
             dampings=values, layers=list(self.layers), pairwise=pairwise, self_influence=train_self,
             test_self_influence=test_self, test_probs=test_probs, train_probs=train_probs,
@@ -289,6 +295,31 @@ class InfluenceEngine:
             damping_mode="relative" if self.config.relative_damping is not None else "absolute",
             method=self.config.method, meta={"config": self.config.key(), "fingerprint": self.fingerprint},
         )
+
+    def _plan(self, n_test: int) -> list[tuple[np.ndarray, list[str]]]:
+        """Passes over the training set: ``(test rows, layers)`` each, so that one pass's test gradients fit in
+        ``query_memory_bytes``. Every test row against all layers in one pass if they fit; else groups of layers
+        with every test row (each layer's training gradients are then still rotated once); else, when one layer
+        alone is too big, chunks of test rows against all layers."""
+        element = torch.tensor([], dtype=self.config.torch_dtype).element_size()
+        sizes = {name: self._layer_size(name) * element * max(n_test, 1) for name in self.layers}
+        every_row = np.arange(n_test)
+        budget = self.query_memory_bytes
+        if sum(sizes.values()) <= budget or n_test == 0:
+            return [(every_row, list(self.layers))]
+        if max(sizes.values()) <= budget:
+            groups: list[list[str]] = [[]]
+            used = 0
+            for name in self.layers:
+                if groups[-1] and used + sizes[name] > budget:
+                    groups.append([])
+                    used = 0
+                groups[-1].append(name)
+                used += sizes[name]
+            return [(every_row, group) for group in groups]
+        per_row = sum(sizes.values()) // max(n_test, 1)
+        chunk = max(1, budget // max(per_row, 1))
+        return [(np.arange(s, min(s + chunk, n_test)), list(self.layers)) for s in range(0, n_test, chunk)]
 
     def _layer_size(self, name: str) -> int:
         module = self.tracker.modules[name]
@@ -311,7 +342,8 @@ class InfluenceEngine:
             routes[name] = "original" if cheaper and not want_self else "rotated"
         return routes
 
-    def _queries(self, test: Encoded, rotations, weights, tracker: _StepCounter, routes: dict[str, str] | None = None):
+    def _queries(self, test: Encoded, rotations, weights, tracker: _StepCounter, routes: dict[str, str] | None = None,
+                 layers: Sequence[str] | None = None):
         """Test gradients per layer, ready to meet training gradients.
 
         Returns ``(queries, probs, q_self)``: ``queries[name]`` is [n, out*in] (rotated; already divided by
@@ -319,23 +351,24 @@ class InfluenceEngine:
         mapped back to the parameter basis; ``probs`` [n, C]; ``q_self`` [K, L, n] test self-influences.
         """
         dtype, device = self.config.torch_dtype, self.config.device
+        layers = list(self.layers if layers is None else layers)
         first = weights[self.layers[0]]
         n, k = len(test), 1 if first is None else first.shape[0]
         routes = routes or {name: "rotated" for name in self.layers}
-        queries = {name: torch.empty(n, self._layer_size(name), dtype=dtype, device=device) for name in self.layers}
-        q_self = np.zeros((k, len(self.layers), n))
+        queries = {name: torch.empty(n, self._layer_size(name), dtype=dtype, device=device) for name in layers}
+        q_self = np.zeros((k, len(layers), n))
         probs = np.zeros((n, 0))
         for batch in self._batches(test):
-            logits, captures = self.tracker.run(batch, _given_labels)
+            logits, captures = self.tracker.run(batch, _given_labels, only=layers)
             if probs.shape[1] == 0:
                 probs = np.zeros((n, logits.shape[-1]))
             probs[batch.index] = torch.softmax(logits.double(), -1).cpu().numpy()
-            for i, name in enumerate(self.layers):
+            for i, name in enumerate(layers):
                 rotated = rotate(captures[name], rotations[name], dtype)[0].reshape(len(batch), -1)
                 queries[name][batch.index] = rotated
                 q_self[:, i, batch.index] = self._self_scores(rotated, weights[name], k)
             tracker.step("test gradients")
-        for name in self.layers:
+        for name in layers:
             if weights[name] is None:
                 continue
             if routes[name] == "original":
@@ -358,22 +391,23 @@ class InfluenceEngine:
         return (squares @ weight.T).T.double().cpu().numpy()  # [K, B]
 
     def _train_pass(self, train: Encoded, queries, rotations, weights, want_self: bool, tracker: _StepCounter,
-                    routes: dict[str, str] | None = None):
+                    routes: dict[str, str] | None = None, layers: Sequence[str] | None = None):
         dtype = self.config.torch_dtype
+        layers = list(self.layers if layers is None else layers)
         first = weights[self.layers[0]]
         k = 1 if first is None else first.shape[0]
         routes = routes or {name: "rotated" for name in self.layers}
-        n_q = queries[self.layers[0]].shape[-2]
-        block = np.zeros((k, len(self.layers), n_q, len(train)))
-        t_self = np.zeros((k, len(self.layers), len(train))) if want_self else None
+        n_q = queries[layers[0]].shape[-2]
+        block = np.zeros((k, len(layers), n_q, len(train)))
+        t_self = np.zeros((k, len(layers), len(train))) if want_self else None
         probs = np.zeros((len(train), 0))
         for batch in self._batches(train):
-            logits, captures = self.tracker.run(batch, _given_labels)
+            logits, captures = self.tracker.run(batch, _given_labels, only=layers)
             if probs.shape[1] == 0:
                 probs = np.zeros((len(train), logits.shape[-1]))
             probs[batch.index] = torch.softmax(logits.double(), -1).cpu().numpy()
             b = len(batch)
-            for i, name in enumerate(self.layers):
+            for i, name in enumerate(layers):
                 weight, query = weights[name], queries[name]
                 if routes[name] == "original":
                     gradient = rotate(captures[name], None, dtype)[0].reshape(b, -1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -137,12 +137,16 @@ class LayerTracker:
         self._outputs.clear()
         return model_logits(self.model, batch)
 
-    def run(self, batch: Batch, terms: TermFn) -> tuple[torch.Tensor, dict[str, LayerCapture]]:
-        """Forward, then one backward per gradient term. Returns detached logits and per-layer captures."""
+    def run(self, batch: Batch, terms: TermFn, only: Sequence[str] | None = None) -> tuple[torch.Tensor, dict[str, LayerCapture]]:
+        """Forward, then one backward per gradient term. Returns detached logits and per-layer captures.
+
+        ``only``: capture just these tracked layers; the backward pass then stops at the lowest of them.
+        """
         logits = self.forward(batch)
         vectors = terms(logits.detach(), batch)
-        outputs = [self._outputs[name] for name in self.layer_names if name in self._outputs]
-        missing = [name for name in self.layer_names if name not in self._outputs]
+        names = list(self.layer_names if only is None else only)
+        outputs = [self._outputs[name] for name in names if name in self._outputs]
+        missing = [name for name in names if name not in self._outputs]
         if missing:
             raise ModelError(f"layer(s) {', '.join(missing)} were not used by the forward pass")
         if not logits.requires_grad:
@@ -156,7 +160,7 @@ class LayerTracker:
             grads_per_term.append(grads)
         mask = batch.attention_mask
         captures = {}
-        for index, name in enumerate(self.layer_names):
+        for index, name in enumerate(names):
             a = self._inputs[name]
             g = torch.stack([grads[index] for grads in grads_per_term])  # [S, *output shape]
             captures[name] = _shape_capture(a, g, mask, self.modules[name].bias is not None)

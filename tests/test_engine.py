@@ -243,6 +243,25 @@ def test_query_chunks_give_the_same_scores(tokenizer, texts, labels):
     _assert_close(chunked.self_influence, whole.self_influence, rtol=1e-12)
 
 
+def test_layer_groups_give_the_same_scores(tokenizer, texts, labels):
+    """When every layer's test gradients do not fit but each layer's do, the layers are scored in groups."""
+    model = tiny_bert()
+    engine = _engine(model, tokenizer)
+    engine.fit(texts)
+    whole = engine.score(texts, labels, texts, labels, dampings=[1e-3, 1e-1])
+    element = torch.tensor([], dtype=engine.config.torch_dtype).element_size()
+    engine.query_memory_bytes = max(engine._layer_size(name) for name in engine.layers) * element * len(texts)
+    plan = engine._plan(len(texts))
+    assert len(plan) > 1 and all(len(rows) == len(texts) for rows, _ in plan)
+    assert sorted(name for _, layers in plan for name in layers) == sorted(engine.layers)  # each layer once
+    grouped = engine.score(texts, labels, texts, labels, dampings=[1e-3, 1e-1])
+    _assert_close(grouped.pairwise, whole.pairwise, rtol=1e-12)
+    _assert_close(grouped.self_influence, whole.self_influence, rtol=1e-12)
+    _assert_close(grouped.test_self_influence, whole.test_self_influence, rtol=1e-12)
+    np.testing.assert_allclose(grouped.train_probs, whole.train_probs)
+    np.testing.assert_allclose(grouped.test_probs, whole.test_probs)
+
+
 def test_bad_inputs_are_refused_clearly(tokenizer, texts, labels):
     model = tiny_bert()
     with pytest.raises(ConfigError, match="damping"):
