@@ -202,6 +202,15 @@ def worker_args(contender: str, argv: list[str] | None = None) -> argparse.Names
     return args
 
 
+def jsonable(value):
+    """``json.dumps(default=...)`` for numpy scalars and arrays (anything else becomes its string)."""
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
 def write_result(out: str | os.PathLike, report: Report, scores: np.ndarray | None = None) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

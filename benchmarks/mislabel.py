@@ -37,6 +37,7 @@ from scipy import stats
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from benchmarks.common import jsonable  # noqa: E402
 from influence_core import EngineConfig, InfluenceEngine  # noqa: E402
 from influence_core.cache import cache_dir, stable_hash  # noqa: E402
 from influence_core.layers import layer_groups  # noqa: E402
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out == default_out() and (args.dev or args.task == "counterfactual"):
         out = out.with_name("mislabel_dev.json" if args.dev else "counterfactual.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, default=_json_default))
+    out.write_text(json.dumps(results, indent=1, default=jsonable))
     print(f"wrote {out} ({results['seconds']:.0f} s)")
     sections = markdown(results)
     print("\n\n".join(sections.values()))
@@ -273,21 +274,31 @@ def variants(signals: TrainingSignals, layer_sets: dict[str, list[str]], truth: 
 
 
 # ----------------------------------------------------------------------------------------------- tasks
+def model_and_signals(name: str, train: pd.DataFrame, trusted: pd.DataFrame, args: argparse.Namespace, seed: int,
+                      timings: dict):
+    """Fine-tune on ``train`` (cached), out-of-sample probabilities when ``--oos-folds``, then every signal.
+
+    Returns ``(model_dir, oos, signals, layer_sets)``; the stages' seconds go into ``timings``.
+    """
+    start = time.perf_counter()
+    model_dir = finetuned(name, train["text"].tolist(), train["label"].to_numpy(), args, seed)
+    timings["finetune_s"] = round(time.perf_counter() - start, 1)
+    oos = None
+    if args.oos_folds:
+        start = time.perf_counter()
+        oos = out_of_sample_probs(name, train, args.oos_folds, args, seed)
+        timings["out_of_sample_s"] = round(time.perf_counter() - start, 1)
+    signals, layer_sets = signals_for(model_dir, train, trusted, args, timings)
+    return model_dir, oos, signals, layer_sets
+
+
 def run_sst2(seed: int, args: argparse.Namespace) -> dict:
     print(f"sst2 seed {seed}", flush=True)
     timings: dict = {}
     train = sst2_sample(seed, args.n_train, args.flip_rate)
     trusted = sst2_dev(args.n_trusted)
-    start = time.perf_counter()
-    model_dir = finetuned(f"sst2-s{seed}", train["text"].tolist(), train["label"].to_numpy(), args, seed)
-    timings["finetune_s"] = round(time.perf_counter() - start, 1)
+    model_dir, oos, signals, layer_sets = model_and_signals(f"sst2-s{seed}", train, trusted, args, seed, timings)
     dev_probs = predict(model_dir, trusted["text"].tolist(), args.max_length)
-    oos = None
-    if args.oos_folds:
-        start = time.perf_counter()
-        oos = out_of_sample_probs(f"sst2-s{seed}", train, args.oos_folds, args, seed)
-        timings["out_of_sample_s"] = round(time.perf_counter() - start, 1)
-    signals, layer_sets = signals_for(model_dir, train, trusted, args, timings)
     truth = train["flipped"].to_numpy()
     k = DAMPINGS.index(args.damping)
     frame = ranking_frame(signals, layer_sets[args.layers], k, oos, seed)
@@ -305,15 +316,7 @@ def run_airline(seed: int, args: argparse.Namespace) -> dict:
     print(f"airline seed {seed}", flush=True)
     timings: dict = {}
     train, trusted = airline_split(seed, args.n_train, 500)
-    start = time.perf_counter()
-    model_dir = finetuned(f"airline-s{seed}", train["text"].tolist(), train["label"].to_numpy(), args, seed)
-    timings["finetune_s"] = round(time.perf_counter() - start, 1)
-    oos = None
-    if args.oos_folds:
-        start = time.perf_counter()
-        oos = out_of_sample_probs(f"airline-s{seed}", train, args.oos_folds, args, seed)
-        timings["out_of_sample_s"] = round(time.perf_counter() - start, 1)
-    signals, layer_sets = signals_for(model_dir, train, trusted, args, timings)
+    _, oos, signals, layer_sets = model_and_signals(f"airline-s{seed}", train, trusted, args, seed, timings)
     frame = ranking_frame(signals, layer_sets[args.layers], DAMPINGS.index(args.damping), oos, seed)
     doubt = 1.0 - train["confidence"].to_numpy()
     rows = []
@@ -467,14 +470,6 @@ def machine() -> dict:
 
     return {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads()}
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 if __name__ == "__main__":

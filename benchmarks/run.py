@@ -23,8 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from benchmarks.common import jsonable
 from benchmarks.workload import RESULTS, WorkloadSpec, build
 
 REPO = Path(__file__).resolve().parent.parent
@@ -209,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(records, meta, list(contenders.values()), stages, state_root, args)
     summary["total_seconds"] = time.perf_counter() - started
     stem = RESULTS / f"bench-{spec.key()}"
-    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=jsonable) + "\n")
     from benchmarks.report import markdown
 
     text = markdown(summary)
@@ -219,14 +218,6 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"total {summary['total_seconds'] / 60:.1f} min; results in {stem}.json / .md", flush=True)
     return 0
-
-
-def _jsonable(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 if __name__ == "__main__":

@@ -286,8 +286,6 @@ class InfluenceEngine:
                 if train_probs is None:
                     train_probs = train_probs_pass
                 del queries, block  # before the next pass allocates its own
-        if test_probs is None:
-            test_probs = np.zeros((0, 0))
         return ScoreTable(
             dampings=values, layers=list(self.layers), pairwise=pairwise, self_influence=train_self,
             test_self_influence=test_self, test_probs=test_probs, train_probs=train_probs,
