@@ -946,7 +946,7 @@ class RetrainOutcome:
     Attributes:
         result: Test accuracy and loss before and after (:class:`influence_core.retrain.RetrainResult`).
         kept: Positions (in the analysed training slice) of the training reviews that remain, [n_kept].
-        influence_after: Test x kept-training influence of the retrained model at the chosen damping, over every
+        influence_after: Test x kept-training influence of the retrained model at the given damping, over every
             analysed layer, [n_test, n_kept]; positive = helpful.
     """
 
@@ -955,9 +955,11 @@ class RetrainOutcome:
     influence_after: np.ndarray
 
 
-def retrain_cleaned(spec: AnalysisSpec, analysis: Analysis, cleaned: pd.DataFrame, progress: Progress) -> RetrainOutcome:
+def retrain_cleaned(spec: AnalysisSpec, analysis: Analysis, cleaned: pd.DataFrame, damping: float,
+                    progress: Progress) -> RetrainOutcome:
     """Fine-tune the model's recipe on ``cleaned`` (from :func:`cleaned_dataset`), compare test accuracy and loss
-    with the model under study, then fit and score the retrained model on the same layers and damping."""
+    with the model under study, then fit and score the retrained model on the same layers at ``damping`` (the
+    value the "before" influences are shown at)."""
     from influence_core.engine import InfluenceEngine
     from influence_core.models import load_classifier
     from influence_core.retrain import retrain
@@ -968,7 +970,7 @@ def retrain_cleaned(spec: AnalysisSpec, analysis: Analysis, cleaned: pd.DataFram
     result = retrain(study_model(spec), cleaned[["text", "label"]], test, label_names=analysis.label_names,
                      progress=progress.span(0.0, 0.7), cancel=_cancel_check(progress))
     loaded = load_classifier(ModelSource("local", str(result.model_dir)))
-    engine = InfluenceEngine(loaded.model, loaded.tokenizer, scoring_config(spec))
+    engine = InfluenceEngine(loaded.model, loaded.tokenizer, scoring_config(spec, damping))
     texts, labels = cleaned["text"].tolist(), cleaned["label"].to_numpy()
     engine.fit(texts, labels, progress=progress.span(0.7, 0.85))
     table = engine.score(test["text"].tolist(), test["label"].to_numpy(), texts, labels, self_influence=False,

@@ -166,7 +166,7 @@ st.caption(
     "layers and damping. 'Before' is the model under study as it is."
 )
 changed = n_dropped + n_relabelled
-retrain_key = f"retrain-{analysis.key}-{stable_hash(cleaned[['row_id', 'label']].to_numpy().tolist())}"
+retrain_key = f"retrain-{analysis.key}-{out.k}-{stable_hash(cleaned[['row_id', 'label']].to_numpy().tolist())}"
 retrain_job = common.job_runner().get(retrain_key)
 if not changed:
     st.info("Mark or relabel reviews in the queue above first; the retrain uses your marks.")
@@ -175,8 +175,8 @@ elif retrain_job is None or retrain_job.status != "done":
         f"Retrain without {n_dropped} and with {n_relabelled} relabelled", type="primary", key="mf_retrain",
         icon=":material/model_training:",
     ):
-        spec = out.spec
-        common.job_runner().start(lambda progress: core.retrain_cleaned(spec, analysis, cleaned, progress),
+        spec, damping = out.spec, analysis.dampings[out.k]
+        common.job_runner().start(lambda progress: core.retrain_cleaned(spec, analysis, cleaned, damping, progress),
                                   key=retrain_key, name="Retrain on the cleaned data")
         st.rerun()
     common.job_panel(retrain_key)
@@ -205,7 +205,8 @@ else:
                       "influence_after_retrain", key="mf_after")
     harmful_before, harmful_after = int((before < 0).sum()), int((after < 0).sum())
     st.caption(f"Harmful pairs: {harmful_before} before, {harmful_after} after, over the same "
-               f"{before.shape[0]} test x {before.shape[1]} training reviews (all layers, the chosen damping; "
+               f"{before.shape[0]} test x {before.shape[1]} training reviews (all layers, damping "
+               f"{analysis.dampings[out.k]:g}; "
                "colours share one scale).")
     common.table(result.per_example().assign(text=analysis.test["text"].to_numpy()).sort_values("change"),
                  "test_loss_before_after", key="mf_loss_change",
