@@ -31,7 +31,7 @@ test: $(VENV)/.installed-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check influence_core pages tests benchmarks app.py
+	$(VENV)/bin/ruff check influence_core explorer pages tests benchmarks app.py
 
 bench: $(VENV)/.installed-test
 	$(PY) -m benchmarks.run $(BENCH_ARGS)

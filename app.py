@@ -1,8 +1,8 @@
 """Influence Explorer: which training reviews drive a text classifier's predictions.
 
 The frame: page setup, the shared sidebar (model, data, layers, method, damping; bound to the URL) and the
-page router. Each page lives in ``pages/``; shared glue in ``pages/common.py``; the computation in
-``influence_core``. Run with ``make app`` (binds to 127.0.0.1; ``make app HOST=0.0.0.0`` to expose it).
+page router. Each screen lives in ``pages/``; what the screens share (the analysis, the model store, jobs,
+figures) in the ``explorer`` package; the computation in the ``influence_core`` library. Run with ``make app`` (binds to 127.0.0.1; ``make app HOST=0.0.0.0`` to expose it).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import streamlit as st
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pages import common  # noqa: E402 - after the environment is set
+from explorer import ui  # noqa: E402 - after the environment is set
 
 ICON = Path(__file__).resolve().parent / "assets" / "app_icon.png"  # local file: no request leaves the machine
 st.set_page_config(page_title="Influence Explorer", page_icon=str(ICON), layout="wide")
 
 # URL paths are the file names: until the first st.navigation call of a process Streamlit also knows the pages
-# by file name (legacy pages/ folder), so a deep link as the first request still finds its page.
+# by file name (legacy pages/ folder, see ui.ensure_frame), so a deep link as the first request finds its page.
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("pages/heatmap.py", title="Influence heatmap", icon=":material/grid_on:"),
@@ -33,5 +33,5 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
-common.guarded(common.sidebar)
-common.guarded(page.run)
+ui.guarded(ui.sidebar)
+ui.guarded(page.run)

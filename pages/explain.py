@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from influence_core import figures
-from influence_core.highlight import highlight_tokens, legend_html, text_html
-from pages import common
+from explorer import figures
+from explorer import ui as common
+from explorer.highlight import highlight_tokens, legend_html, text_html
 
 common.ensure_frame()
 st.title("Explain a prediction")
@@ -71,8 +71,8 @@ if relative:
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def token_scores(analysis_key: str, damping: float, q: int, m: int, _spec, _test, _train) -> tuple[list[str], np.ndarray]:
-    engine = common.model_store().engine(_spec, damping)
-    result = engine.token_influence(_test[0], _test[1], _train[0], _train[1])
+    engine = common.model_store().engine(_spec)
+    result = engine.token_influence(_test[0], _test[1], _train[0], _train[1], damping=damping)
     return list(result.tokens), np.asarray(result.scores)
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from influence_core import figures
-from influence_core.highlight import text_html
-from pages import analysis as core
-from pages import common
+from explorer import figures, views
+from explorer import ui as common
+from explorer.highlight import text_html
 
 common.ensure_frame()
 st.title("Influence heatmap")
@@ -47,7 +46,7 @@ common.figure(fig, "influence_heatmap", key="heatmap")
 
 st.subheader("Most extreme pairs")
 st.caption("Select a row to read both reviews side by side (clicks on the heatmap itself do not reach the app).")
-pairs = core.top_pairs(matrix, 10)
+pairs = views.top_pairs(matrix, 10)
 display = pairs.assign(
     test_review=[analysis.test["text"].iloc[q][:120] for q in pairs["test"]],
     train_review=[analysis.train["text"].iloc[m][:120] for m in pairs["train"]],

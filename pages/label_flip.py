@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from influence_core import figures
+from explorer import cost, figures, views
+from explorer import ui as common
 from influence_core.cache import stable_hash
-from pages import analysis as core
-from pages import common
 
 common.ensure_frame()
 st.title("Label-flip corruption")
@@ -36,7 +35,7 @@ elif mode == "chosen":
         format_func=lambda j: common.review_label(analysis, "train", j, width=60),
         placeholder="Pick training reviews (type to search)",
     )
-flip = core.flip_mask(n_train, mode, fraction=fraction, seed=seed, chosen=chosen)
+flip = views.flip_mask(n_train, mode, fraction=fraction, seed=seed, chosen=chosen)
 if not flip.any():
     st.info("Choose at least one training review to flip (or switch to a random fraction).")
     st.stop()
@@ -49,13 +48,13 @@ else:
     key = f"flip-{analysis.key}-{out.k}-{stable_hash(np.flatnonzero(flip).tolist())}"
     job = common.job_runner().get(key)
     if job is None or job.status not in ("done",):
-        cost = core.estimate_cost(out.spec, n_train, analysis.scores.n_test)
+        cost = cost.estimate_cost(out.spec, n_train, analysis.scores.n_test)
         st.caption(f"{len(analysis.label_names)} classes: each flipped review gets the next class, and the scores are "
                    f"recomputed (one pass over the training reviews): {cost.describe()}.")
         if (job is None or not job.running) and st.button("Recompute with flipped labels", type="primary"):
             spec, store, k = out.spec, common.model_store(), out.k
             common.job_runner().start(
-                lambda progress: core.recompute_flipped(spec, store, analysis, flip, k, progress), key=key,
+                lambda progress: views.recompute_flipped(spec, store, analysis, flip, k, progress), key=key,
                 name="Recompute flipped influences",
             )
             st.rerun()
@@ -64,7 +63,7 @@ else:
     after = job.result
     method = "recomputed (all layers)"
 
-changed = core.sign_changes(before, after)
+changed = views.sign_changes(before, after)
 cols = st.columns(4)
 cols[0].metric("Flipped training reviews", int(flip.sum()))
 cols[1].metric("Pairs that change sign", f"{changed}", help="helpful ↔ harmful")

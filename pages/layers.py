@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from influence_core import figures
-from pages import analysis as core
-from pages import common
+from explorer import figures, views
+from explorer import ui as common
 
 common.ensure_frame()
 st.title("Layers")
@@ -40,7 +39,7 @@ common.figure(
 
 st.subheader("Each layer's share of total |influence|")
 scope = st.radio("Over", ["this test review", "all test reviews"], horizontal=True, key="ly_scope", bind="query-params")
-shares = core.layer_shares(scores, out.k, layers, q if scope == "this test review" else None)
+shares = views.layer_shares(scores, out.k, layers, q if scope == "this test review" else None)
 common.figure(figures.layer_share_figure(shares), "layer_shares", key="ly_share")
 common.table(
     pd.DataFrame({"layer": list(shares), "share": list(shares.values())}),
@@ -48,7 +47,7 @@ common.table(
 )
 
 st.subheader("Per-layer heatmap")
-layer = st.selectbox("Layer", ["(choose a layer)", *layers], format_func=lambda n: n if n.startswith("(") else common._short(n),
+layer = st.selectbox("Layer", ["(choose a layer)", *layers], format_func=lambda n: n if n.startswith("(") else common.short_layer(n),
                      key="ly_layer", bind="query-params")
 if layer and not layer.startswith("("):
     matrix = scores.pairwise[out.k, scores.layers.index(layer)]
@@ -57,7 +56,7 @@ if layer and not layer.startswith("("):
     common.figure(
         figures.influence_heatmap(
             matrix[:, keep], row_hover=test_hover, col_hover=[hover[j] for j in keep],
-            col_names=[f"train {j}" for j in keep], title=common._short(layer),
+            col_names=[f"train {j}" for j in keep], title=common.short_layer(layer),
         ),
         "layer_heatmap", key="ly_heat",
     )

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from influence_core import figures
+from explorer import figures, retraining, views
+from explorer import marks as review_marks
+from explorer import ui as common
+from explorer.analysis import ground_truth_columns
+from explorer.highlight import text_html
 from influence_core.cache import stable_hash
-from influence_core.highlight import text_html
-from pages import analysis as core
-from pages import common
 
 common.ensure_frame()
 st.title("Mislabel finder")
@@ -22,10 +23,10 @@ st.caption(
 
 out, analysis = common.require_analysis()
 train = analysis.train
-scores_by_name = core.rankings(analysis, out.k, out.layers)
+scores_by_name = views.rankings(analysis, out.k, out.layers)
 names = list(scores_by_name)
-helps = core.ranking_help()
-store = core.MarkStore.for_data(out.spec.train_data)
+helps = views.ranking_help()
+store = review_marks.MarkStore.for_data(out.spec.train_data)
 marks = store.load()
 row_ids = train["row_id"].to_numpy()
 
@@ -93,7 +94,7 @@ common.table(frame, f"ranking_by_{rank_by.replace(' ', '_')}", key="mf_table",
 
 # ---------------------------------------------------------------- ground truth
 st.subheader("How well does each ranking find known mislabels?")
-truth_columns = core.ground_truth_columns(train)
+truth_columns = ground_truth_columns(train)
 choices = ["(none)", *truth_columns, "(my marks)"]
 truth_col = st.selectbox(
     "Ground truth", choices, index=1 if truth_columns else 0, key="mf_truth", bind="query-params",
@@ -138,8 +139,8 @@ else:
 
 # ---------------------------------------------------------------- exports
 st.subheader("Export")
-flags = core.flag_list(train, marks, analysis.label_names)
-cleaned = core.cleaned_dataset(train, marks, analysis.label_names)
+flags = review_marks.flag_list(train, marks, analysis.label_names)
+cleaned = review_marks.cleaned_dataset(train, marks, analysis.label_names)
 n_dropped = sum(1 for r in row_ids if marks.get(int(r), {}).get("state") == "mislabeled")
 n_relabelled = sum(1 for r in row_ids if marks.get(int(r), {}).get("state") == "relabel")
 st.caption(f"The cleaned dataset drops {n_dropped} reviews marked mislabeled and relabels {n_relabelled}; "
@@ -159,9 +160,8 @@ if len(flags):
 
 # ---------------------------------------------------------------- fix and retrain
 st.subheader("Fix and retrain")
-model_name = core.study_model(out.spec)
 st.caption(
-    f"Fine-tune the model's own recipe ({'the demo recipe' if model_name == 'demo' else model_name}) on the cleaned "
+    f"Fine-tune the model's own recipe ({'the demo recipe' if out.spec.model.kind == 'demo' else out.spec.model.name}) on the cleaned "
     "reviews, compare test accuracy and loss with the model under study, and score the retrained model on the same "
     "layers and damping. 'Before' is the model under study as it is."
 )
@@ -176,7 +176,7 @@ elif retrain_job is None or retrain_job.status != "done":
         icon=":material/model_training:",
     ):
         spec, damping = out.spec, analysis.dampings[out.k]
-        common.job_runner().start(lambda progress: core.retrain_cleaned(spec, analysis, cleaned, damping, progress),
+        common.job_runner().start(lambda progress: retraining.retrain_cleaned(spec, analysis, cleaned, damping, progress),
                                   key=retrain_key, name="Retrain on the cleaned data")
         st.rerun()
     common.job_panel(retrain_key)
@@ -238,7 +238,7 @@ if q is not None:
                                                                  icon=":material/science:"):
             spec, kk, nd = out.spec, int(k_remove), int(draws)
             common.job_runner().start(
-                lambda progress: core.counterfactual(spec, analysis, q, influence_q, kk, nd, progress), key=cf_key,
+                lambda progress: retraining.counterfactual(spec, analysis, q, influence_q, kk, nd, progress), key=cf_key,
                 name="Counterfactual check",
             )
             st.rerun()

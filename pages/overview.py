@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from influence_core import figures
+from explorer import cost, figures
+from explorer import ui as common
 from influence_core.cache import stable_hash
-from pages import analysis as core
-from pages import common
 
 common.ensure_frame()
 st.title("Overview")
@@ -61,7 +60,7 @@ sentence = st.text_area(
     "Your review", "A warm, funny film with a wonderful cast.", max_chars=2000, key="sentence", height=80,
 )
 if sentence.strip():
-    cost = core.estimate_cost(out.spec, analysis.scores.n_train, 1)
+    cost = cost.estimate_cost(out.spec, analysis.scores.n_train, 1)
     st.caption(f"Scoring it against {analysis.scores.n_train} training reviews takes {cost.describe()}.")
     key = f"try-{analysis.key}-{out.k}-{stable_hash(sentence)}"
     job = common.job_runner().get(key)
@@ -69,11 +68,12 @@ if sentence.strip():
         spec, store, damping = out.spec, common.model_store(), out.damping
 
         def run(progress):
-            engine = store.engine(spec, damping)
+            engine = store.engine(spec)
             proba = engine.predict_proba([sentence])[0]
             label = int(np.argmax(proba))
             table = engine.score([sentence], [label], analysis.train["text"].tolist(),
-                                 analysis.train["label"].to_numpy(), self_influence=False, progress=progress)
+                                 analysis.train["label"].to_numpy(), dampings=[damping], self_influence=False,
+                                 progress=progress)
             return {"proba": proba, "label": label, "by_layer": table.pairwise[0, :, 0, :], "layers": table.layers}
 
         job = common.job_runner().start(run, key=key, name="Score your sentence")

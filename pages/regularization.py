@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from influence_core import figures
-from pages import analysis as core
-from pages import common
+from explorer import figures, views
+from explorer import ui as common
 
 common.ensure_frame()
 st.title("Regularization")
@@ -31,7 +30,7 @@ def stability(analysis_key: str, _scores) -> pd.DataFrame:
 
 
 table = stability(analysis.key, scores)
-suggestion = core.suggest_damping(table)
+suggestion = views.suggest_damping(table)
 value = suggestion.value
 with st.container(border=True):
     if value is not None:

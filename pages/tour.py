@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from influence_core import figures
-from influence_core.highlight import text_html
-from influence_core.report import ReportSection, build_report
-from pages import analysis as core
-from pages import common
+from explorer import figures, views
+from explorer import ui as common
+from explorer.highlight import text_html
+from explorer.report import ReportSection, build_report
 
 common.ensure_frame()
 st.title("Tour")
@@ -144,7 +143,7 @@ def report_html() -> bytes:
     confusion = np.zeros((n, n), dtype=int)
     np.add.at(confusion, (test["label"].to_numpy(), analysis.test_pred), 1)
     keep = np.sort(np.argsort(-np.abs(matrix).sum(axis=0))[:150])
-    pairs = core.top_pairs(matrix, 10)
+    pairs = views.top_pairs(matrix, 10)
     pairs["test review"] = [test["text"].iloc[q][:200] for q in pairs["test"]]
     pairs["training review"] = [train["text"].iloc[m][:200] for m in pairs["train"]]
     suspects = common.reviews_table(analysis, "train", suspicion[:20], self_influence, "self-influence")
@@ -160,16 +159,16 @@ def report_html() -> bytes:
                                                        col_names=[f"train {j}" for j in keep])),
         ReportSection("Most extreme pairs", table=pairs),
         ReportSection("Layers' shares of |influence|", figure=figures.layer_share_figure(
-            core.layer_shares(scores, out.k, out.layers))),
+            views.layer_shares(scores, out.k, out.layers))),
         ReportSection("Most suspicious training labels (by self-influence)", table=suspects),
     ]
     if len(analysis.dampings) > 1:
         stability = scores.stability()
-        reason = core.suggest_damping(stability).reason
+        reason = views.suggest_damping(stability).reason
         sections.append(ReportSection("Damping stability (Spearman)", text=reason,
                                       figure=figures.stability_heatmap(stability, "spearman")))
     if planted is not None and planted.any():
-        curves = figures.ranking_curves(core.rankings(analysis, out.k, out.layers), planted)
+        curves = figures.ranking_curves(views.rankings(analysis, out.k, out.layers), planted)
         sections.append(ReportSection("Finding the planted errors", text="Recall at k of each ranking.",
                                       figure=figures.ranking_curve_figure(curves, "recall", n_true=int(planted.sum()))))
     return build_report("Influence Explorer report", summary, sections).encode("utf-8")

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from _data_fixtures import isolated_cache, tiny_classifier_dir  # noqa: F401
 
 import influence_core.demo as demo
-import influence_core.finetune as finetune_module
-import influence_core.models as models
 from influence_core.errors import DataError
-from influence_core.models import ModelSource, load_classifier
+from influence_core.sources.models import ModelSource
+from tests.data_fixtures import isolated_cache, tiny_classifier_dir  # noqa: F401
 
 
 @pytest.fixture
 def tiny_demo(isolated_cache, tiny_classifier_dir, monkeypatch):  # noqa: F811
     """The demo recipe on the tiny corpus with the tiny model as base encoder, 1 epoch."""
-    monkeypatch.setattr(models, "base_encoder_path", lambda: str(tiny_classifier_dir))
+    monkeypatch.setattr(demo, "base_encoder_path", lambda: str(tiny_classifier_dir))
     monkeypatch.setattr(demo, "DEMO_HYPERPARAMETERS", {**demo.DEMO_HYPERPARAMETERS, "epochs": 1, "max_length": 32})
     return isolated_cache
 
@@ -48,9 +46,9 @@ def test_demo_model_is_trained_once_then_cached(tiny_demo, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the cached demo model was trained again")
 
-    monkeypatch.setattr(finetune_module, "finetune", no_training)
+    monkeypatch.setattr(demo, "finetune", no_training)
     assert demo.demo_model_dir() == folder
-    loaded = load_classifier(ModelSource("demo"))
+    loaded = demo.load_model(ModelSource("demo"))
     assert loaded.label_names == ["negative", "positive"] and not loaded.model.training
 
 

@@ -17,7 +17,7 @@ def build_tiny_classifier(folder: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from influence_core.models import base_encoder_path
+    from influence_core.sources.models import base_encoder_path
 
     torch.manual_seed(0)
     config = BertConfig(
@@ -74,14 +74,15 @@ def new_app(query: dict | None = None, timeout: float = 60):
 @pytest.fixture
 def computed(app_env):
     """An AppTest whose sidebar spec has been computed (directly, not through the job) and rerun."""
-    from pages import analysis as core
+    from explorer.analysis import compute_analysis
+    from explorer.spec import analysis_ready
 
     at = new_app()
     at.run()
     spec = at.session_state["_frame"].spec
     assert spec is not None, [e.value for e in at.error]
-    if not core.analysis_ready(spec):
-        core.compute_analysis(spec, _store())
+    if not analysis_ready(spec):
+        compute_analysis(spec, _store())
     at.run()
     return at
 
@@ -91,7 +92,7 @@ _STORE = None
 
 def _store():
     global _STORE
-    from pages.analysis import ModelStore
+    from explorer.store import ModelStore
 
     if _STORE is None:
         _STORE = ModelStore()

@@ -80,7 +80,7 @@ def test_fit_and_score_runs_in_the_background_and_pages_reuse_it(app_env):
 
 
 def test_view_damping_and_layers_rerender_without_gradients(computed, monkeypatch):
-    from influence_core.engine import InfluenceEngine
+    from influence_core.engine.influence import InfluenceEngine
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a view change recomputed gradients")
@@ -132,7 +132,7 @@ def test_marks_persist_across_reruns_and_sessions(computed):
     at.button(key="mf_bad").click().run()
     no_exceptions(at)
     at.button(key="mf_ok").click().run()
-    from pages.analysis import MarkStore
+    from explorer.marks import MarkStore
 
     marks = MarkStore.for_data(first.spec.train_data).load()
     assert sorted(m["state"] for m in marks.values()) == ["fine", "mislabeled"]
@@ -147,7 +147,7 @@ def test_marks_persist_across_reruns_and_sessions(computed):
 
 
 def _finish_jobs(prefix: str, timeout: float = 240) -> None:
-    from pages import common
+    from explorer import ui as common
 
     for job in [j for j in common.job_runner().running() if j.key.startswith(prefix)]:
         job.wait(timeout)
@@ -175,7 +175,7 @@ def test_retrain_on_cleaned_data_and_counterfactual_check(computed):
     at.run()
     no_exceptions(at)
     assert any("most harmful training reviews" in m.value for m in at.markdown)
-    from pages.analysis import MarkStore
+    from explorer.marks import MarkStore
 
     MarkStore.for_data(first.spec.train_data).clear()
 
@@ -198,9 +198,9 @@ def test_upload_is_validated_and_texts_are_escaped(app_env):
     assert frame.spec is not None, [e.value for e in at.sidebar.error]
     assert frame.spec.train_data.text_col == "review" and frame.spec.train_data.label_col == "sentiment"
 
-    from pages import analysis as core
+    from explorer import analysis, store
 
-    core.compute_analysis(frame.spec, core.ModelStore())
+    analysis.compute_analysis(frame.spec, store.ModelStore())
     at.switch_page("pages/explain.py").run()
     no_exceptions(at)
     bodies = [h.proto.body for h in at.get("html")]
@@ -221,12 +221,12 @@ def test_tour_steps_and_report(computed):
 
 
 def test_errors_never_show_tracebacks(computed, monkeypatch):
-    from pages import analysis as core
+    from explorer import views
 
     def broken(*args, **kwargs):
         raise RuntimeError("internal detail")
 
-    monkeypatch.setattr(core, "top_pairs", broken)
+    monkeypatch.setattr(views, "top_pairs", broken)
     at = computed
     at.switch_page("pages/heatmap.py").run()
     assert not at.exception
@@ -235,7 +235,7 @@ def test_errors_never_show_tracebacks(computed, monkeypatch):
 
 
 def _wait_for_job(at, timeout: float = 120):
-    from pages import common
+    from explorer import ui as common
 
     key = _frame(at).spec.key()
     deadline = time.time() + timeout
@@ -258,7 +258,7 @@ def test_try_a_sentence_names_the_responsible_reviews(computed):
     at = computed
     at.text_area(key="sentence").set_value("A <b>bold</b> and lovely film.").run()
     at.button(key="try_go").click().run()
-    from pages import common
+    from explorer import ui as common
 
     for job in [j for j in common.job_runner().running() if j.key.startswith("try-")]:
         job.wait(60)
@@ -272,7 +272,7 @@ def test_try_a_sentence_names_the_responsible_reviews(computed):
 def test_a_running_job_can_be_cancelled(app_env, monkeypatch):
     import threading
 
-    from pages import analysis as core
+    from explorer import analysis
 
     started = threading.Event()
 
@@ -283,7 +283,7 @@ def test_a_running_job_can_be_cancelled(app_env, monkeypatch):
             progress(i, 600, "pretending to fit")
         return None
 
-    monkeypatch.setattr(core, "compute_analysis", slow)
+    monkeypatch.setattr(analysis, "compute_analysis", slow)
     at = new_app({"train_n": "21"})
     at.run()
     at.button(key="fit_main").click().run()
@@ -297,7 +297,7 @@ def test_a_running_job_can_be_cancelled(app_env, monkeypatch):
 
 
 def test_a_bare_encoder_is_refused_with_advice(app_env):
-    from influence_core.models import base_encoder_path
+    from influence_core.sources.models import base_encoder_path
 
     at = new_app({"model": "local folder", "model_name": base_encoder_path()})
     at.run()

@@ -1,0 +1,237 @@
+"""An analysis computed (fit, score, save) and read back: everything the pages draw comes from here."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from explorer.cost import record_speed
+from explorer.spec import (
+    FORMAT_VERSION,
+    KEPT_COLUMNS,
+    AnalysisSpec,
+    Progress,
+    analysis_dir,
+    demo_model_ready,
+    factors_path,
+    factors_ready,
+)
+from explorer.store import ModelStore
+from influence_core.engine.scores import ScoreTable
+from influence_core.errors import DataError, FactorsError
+from influence_core.sources.data import DataSource, align_labels, check_texts, load_table
+from influence_core.sources.slices import SliceSpec
+
+
+# ------------------------------------------------------------------------------------------- data
+def load_examples(source: DataSource, spec: SliceSpec, label_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """The rows of ``source`` chosen by ``spec`` (columns ``row_id``, ``text``, ``label``, ...).
+
+    With ``label_names`` the labels are aligned to the model's class ids (``label`` int, ``label_name``).
+    """
+    table = load_table(source)
+    if label_names is not None:
+        table = align_labels(table, label_names)
+    sliced = spec.apply(table)
+    if len(sliced) == 0:
+        raise DataError("the slice is empty: widen it in the sidebar")
+    return sliced
+
+
+def ground_truth_columns(train: pd.DataFrame) -> list[str]:
+    """Columns that can serve as known-mislabel truth: boolean or 0/1 columns (``planted_error`` first)."""
+    found = []
+    for name in train.columns:
+        if name in KEPT_COLUMNS:
+            continue
+        values = train[name]
+        if values.dtype == bool or set(pd.unique(values.astype(str).str.lower())) <= {"0", "1", "true", "false"}:
+            found.append(str(name))
+    return sorted(found, key=lambda n: (n != "planted_error", n))
+
+
+# ------------------------------------------------------------------------------------------- files
+@dataclass
+class Analysis:
+    """A computed analysis, read from disk. Everything the pages draw comes from here.
+
+    Attributes:
+        spec: what was computed.
+        scores: the ScoreTable: pairwise [K, L, n_test, n_train], self-influence [K, L, n_train], probabilities.
+        train, test: the reviews (``row_id``, ``text``, ``label`` int, ``label_name``, other columns kept).
+        label_names: class names in id order, length C.
+        meta: notes, timings and sizes.
+    """
+
+    spec: AnalysisSpec
+    scores: ScoreTable
+    train: pd.DataFrame
+    test: pd.DataFrame
+    label_names: list[str]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.spec.key()
+
+    @property
+    def dampings(self) -> list[float]:
+        return [float(d) for d in self.scores.dampings]
+
+    def damping_index(self, damping: float | None) -> int:
+        if damping is None:
+            damping = self.spec.chosen_damping
+        return self.scores.damping_index(float(damping))
+
+    @property
+    def train_pred(self) -> np.ndarray:
+        return self.scores.train_probs.argmax(axis=1)
+
+    @property
+    def test_pred(self) -> np.ndarray:
+        return self.scores.test_probs.argmax(axis=1)
+
+    def name(self, label: int) -> str:
+        return self.label_names[int(label)] if 0 <= int(label) < len(self.label_names) else str(label)
+
+    def influence(self, k: int = 0, layers: Sequence[str] | None = None, *, relative: bool = False) -> np.ndarray:
+        """Test x train influence ``[n_test, n_train]`` at damping index ``k`` over ``layers`` (all if None)."""
+        chosen = list(layers) if layers else None
+        return self.scores.relative(k, chosen) if relative else self.scores.total(k, chosen)
+
+    def test_hover(self) -> list[str]:
+        from explorer.figures import hover_text
+
+        return [
+            hover_text(t, self.name(y), self.name(p))
+            for t, y, p in zip(self.test["text"], self.test["label"], self.test_pred, strict=True)
+        ]
+
+    def train_hover(self) -> list[str]:
+        from explorer.figures import hover_text
+
+        return [
+            hover_text(t, self.name(y), self.name(p))
+            for t, y, p in zip(self.train["text"], self.train["label"], self.train_pred, strict=True)
+        ]
+
+
+def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None) -> Path:
+    """Load, fit (or reload factors), score and save one analysis; returns its folder.
+
+    ``progress`` is a :class:`explorer.jobs.Progress` (with ``span``) or a plain callback. Raises
+    InfluenceError for anything the user can fix (empty slice, labels the model does not know, ...).
+    """
+    from influence_core.engine.influence import InfluenceEngine
+
+    started = time.time()
+    span = getattr(progress, "span", None)
+    cancel = getattr(progress, "check", None)
+    needs_finetune = spec.model.kind == "demo" and not demo_model_ready()
+    needs_fit = not factors_ready(spec)
+    # share the bar in proportion to rough costs: fine-tune ~ 3 epochs x 3, fit ~ 2 passes, scoring the rest
+    weights = {"model": 9.0 if needs_finetune else 0.3, "fit": 2.0 if needs_fit else 0.1, "score": 3.0}
+    total = sum(weights.values())
+    edges = np.cumsum([0.0] + [w / total for w in weights.values()])
+    stage = dict(zip(weights, zip(edges[:-1], edges[1:], strict=True), strict=True))
+
+    def sub(name: str) -> Progress | None:
+        if span is not None:
+            return span(*stage[name])
+        return progress
+
+    def is_cancelled() -> bool:
+        if cancel is None:
+            return False
+        try:
+            cancel()
+        except Exception:  # noqa: BLE001 - the job's cancel signal
+            return True
+        return False
+
+    loaded = store.model(spec.model, progress=sub("model"), cancel=is_cancelled if cancel else None)
+    if cancel is not None:
+        cancel()
+    train = load_examples(spec.train_data, spec.train_slice, loaded.label_names)
+    test = load_examples(spec.test_data, spec.test_slice, loaded.label_names)
+    notes = [f"training reviews: {n}" for n in check_texts(train, loaded.tokenizer, spec.config.max_length)]
+    notes += [f"test reviews: {n}" for n in check_texts(test, loaded.tokenizer, spec.config.max_length)]
+    if spec.train_data == spec.test_data and set(train["row_id"]) & set(test["row_id"]):
+        shared = len(set(train["row_id"]) & set(test["row_id"]))
+        notes.append(f"{shared} reviews are in both the training and the test slice")
+
+    engine = InfluenceEngine(loaded.model, loaded.tokenizer, spec.config)
+    fitted = "reused"
+    if spec.config.method != "identity":
+        path = factors_path(spec)
+        loaded_factors = False
+        if path.is_file():
+            try:
+                engine.load_factors(path)
+                loaded_factors = True
+            except FactorsError:
+                path.unlink(missing_ok=True)
+        if not loaded_factors:
+            engine.fit(train["text"].tolist(), train["label"].to_numpy(), progress=sub("fit"))
+            engine.save_factors(path)
+            fitted = "fitted"
+    else:
+        fitted = "not needed (identity)"
+    table = engine.score(
+        test["text"].tolist(),
+        test["label"].to_numpy(),
+        train["text"].tolist(),
+        train["label"].to_numpy(),
+        dampings=list(spec.dampings),
+        progress=sub("score"),
+    )
+    folder = analysis_dir(spec)
+    table.save(folder / "scores.npz")
+    _table_for_disk(train).to_parquet(folder / "train.parquet", index=False)
+    _table_for_disk(test).to_parquet(folder / "test.parquet", index=False)
+    seconds = time.time() - started
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "key": spec.key(),
+        "summary": spec.summary(),
+        "label_names": list(loaded.label_names),
+        "layers": list(engine.layers),
+        "n_train": len(train),
+        "n_test": len(test),
+        "notes": notes,
+        "factors": fitted,
+        "seconds": round(seconds, 1),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    record_speed(spec, len(train), len(test), seconds, needs_finetune, needs_fit)
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return folder
+
+
+def _table_for_disk(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    for name in out.columns:
+        if out[name].dtype == object:
+            out[name] = out[name].astype(str)
+    out.columns = [str(c) for c in out.columns]
+    return out
+
+
+def load_analysis(spec: AnalysisSpec) -> Analysis | None:
+    """The saved analysis for ``spec``, or None if it has not been computed."""
+    folder = analysis_dir(spec)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    scores = ScoreTable.load(folder / "scores.npz")
+    train = pd.read_parquet(folder / "train.parquet")
+    test = pd.read_parquet(folder / "test.parquet")
+    return Analysis(spec=spec, scores=scores, train=train, test=test, label_names=meta["label_names"], meta=meta)

@@ -1,0 +1,87 @@
+"""Fix and retrain, and the counterfactual check, as the app runs them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from explorer.analysis import Analysis
+from explorer.spec import AnalysisSpec, Progress, scoring_config, study_model
+from influence_core.errors import DataError
+from influence_core.sources.models import ModelSource
+
+
+@dataclass
+class RetrainOutcome:
+    """A retrain on the cleaned reviews, and the influences of the retrained model.
+
+    Attributes:
+        result: Test accuracy and loss before and after (:class:`influence_core.training.retrain.RetrainResult`).
+        kept: Positions (in the analysed training slice) of the training reviews that remain, [n_kept].
+        influence_after: Test x kept-training influence of the retrained model at the given damping, over every
+            analysed layer, [n_test, n_kept]; positive = helpful.
+    """
+
+    result: Any
+    kept: np.ndarray
+    influence_after: np.ndarray
+
+
+def retrain_cleaned(spec: AnalysisSpec, analysis: Analysis, cleaned: pd.DataFrame, damping: float,
+                    progress: Progress) -> RetrainOutcome:
+    """Fine-tune the model's recipe on ``cleaned`` (from :func:`cleaned_dataset`), compare test accuracy and loss
+    with the model under study, then fit and score the retrained model on the same layers at ``damping`` (the
+    value the "before" influences are shown at)."""
+    from influence_core.engine.influence import InfluenceEngine
+    from influence_core.sources.models import load_classifier
+    from influence_core.training.retrain import retrain
+
+    if cleaned.empty:
+        raise DataError("every training review is marked mislabeled: nothing is left to train on")
+    test = analysis.test[["text", "label"]]
+    result = retrain(study_model(spec), cleaned[["text", "label"]], test, label_names=analysis.label_names,
+                     progress=progress.span(0.0, 0.7), cancel=_cancel_check(progress))
+    loaded = load_classifier(ModelSource("local", str(result.model_dir)))
+    engine = InfluenceEngine(loaded.model, loaded.tokenizer, scoring_config(spec, damping))
+    texts, labels = cleaned["text"].tolist(), cleaned["label"].to_numpy()
+    engine.fit(texts, labels, progress=progress.span(0.7, 0.85))
+    table = engine.score(test["text"].tolist(), test["label"].to_numpy(), texts, labels, self_influence=False,
+                         progress=progress.span(0.85, 1.0))
+    position = {int(r): i for i, r in enumerate(analysis.train["row_id"])}
+    kept = np.array([position[int(r)] for r in cleaned["row_id"]], dtype=int)
+    return RetrainOutcome(result=result, kept=kept, influence_after=table.total(0))
+
+
+def counterfactual(spec: AnalysisSpec, analysis: Analysis, test_index: int, influence: np.ndarray, k: int,
+                   draws: int, progress: Progress):
+    """Retrain without the ``k`` training reviews most harmful to test review ``test_index`` and without ``k``
+    random ones (``draws`` times); see :func:`influence_core.training.retrain.counterfactual_check`."""
+    from influence_core.training.retrain import counterfactual_check
+
+    train = analysis.train[["text", "label", "row_id"]]
+    return counterfactual_check(
+        study_model(spec), train, analysis.test["text"].iloc[test_index], int(analysis.test["label"].iloc[test_index]),
+        influence, k=k, n_random=draws, label_names=analysis.label_names, progress=progress,
+        cancel=_cancel_check(progress),
+    )
+
+
+def _cancel_check(progress: Progress) -> Callable[[], bool]:
+    """``cancel()`` for :mod:`influence_core.training.retrain`: True once the job behind ``progress`` was cancelled."""
+    from explorer.jobs import JobCancelled
+
+    check = getattr(progress, "check", None)
+
+    def cancelled() -> bool:
+        try:
+            if check is not None:
+                check()
+        except JobCancelled:
+            return True
+        return False
+
+    return cancelled

@@ -1,0 +1,108 @@
+"""Loaded models and engines shared by every session of the server process.
+
+One model per weights, one engine per fitted factors: damping is a query-side parameter (every scoring call
+passes its own), so changing it in the View neither reloads the factors nor hashes the model again. Engines
+on one model take turns through the model's lock (:func:`influence_core.engine.model_lock`): hooks,
+``requires_grad`` flags and dtype changes belong to the ``nn.Module``, so two tabs or a background job never
+see each other's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+from explorer.spec import AnalysisSpec, Progress, factors_path, model_identity
+from influence_core.cache import stable_hash
+from influence_core.demo import load_model
+from influence_core.engine.config import EngineConfig
+from influence_core.engine.influence import InfluenceEngine
+from influence_core.errors import FactorsError
+from influence_core.sources.models import LoadedModel, ModelSource
+
+#: Engines kept per process: each holds one set of factors in memory.
+MAX_ENGINES = 4
+
+
+def engine_config(spec: AnalysisSpec) -> EngineConfig:
+    """The analysis's engine settings; its damping is only the default, every call may pass another."""
+    return spec.config
+
+
+class ModelStore:
+    """Loaded models and engines shared by every session of the process (thread-safe, small LRU).
+
+    The app keeps one store in ``st.cache_resource``; background jobs receive it as an argument, so a model
+    loaded by a job is the one the pages use, and a second browser tab reuses it.
+    """
+
+    def __init__(self, max_models: int = 2, max_engines: int = MAX_ENGINES) -> None:
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._engines: OrderedDict[tuple, InfluenceEngine] = OrderedDict()
+        self._lock = threading.RLock()
+        self._loading: dict[object, threading.Lock] = {}
+        self.max_models = max_models
+        self.max_engines = max_engines
+
+    def model(self, source: ModelSource, *, progress: Progress | None = None,
+              cancel: Callable[[], bool] | None = None) -> LoadedModel:
+        """The loaded classifier for ``source`` (loading, or for the demo fine-tuning, it on first use)."""
+        key = stable_hash(model_identity(source))
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # two sessions asking at once load once
+            with self._lock:
+                if key in self._models:
+                    return self._models[key]
+            loaded = load_model(source, progress=progress, cancel=cancel)
+            with self._lock:
+                self._models[key] = loaded
+                while len(self._models) > self.max_models:
+                    old, _ = self._models.popitem(last=False)
+                    for engine_key in [k for k in self._engines if k[0] == old]:
+                        del self._engines[engine_key]
+            return loaded
+
+    def has_model(self, source: ModelSource) -> bool:
+        with self._lock:
+            return stable_hash(model_identity(source)) in self._models
+
+    def engine(self, spec: AnalysisSpec) -> InfluenceEngine:
+        """The InfluenceEngine for ``spec``'s model and factors (loaded from disk once).
+
+        Keyed by the factors, not the damping: pass ``dampings=[...]`` to ``score`` and ``damping=`` to
+        ``token_influence``. Raises FactorsError when the factors were not fitted yet (run the analysis first).
+        """
+        model_key = stable_hash(model_identity(spec.model))
+        config = engine_config(spec)
+        key = (model_key, spec.factors_key(), config.method, config.relative_damping is not None)
+        with self._lock:
+            if key in self._engines:
+                self._engines.move_to_end(key)
+                return self._engines[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                if key in self._engines:
+                    return self._engines[key]
+            loaded = self.model(spec.model)
+            engine = InfluenceEngine(loaded.model, loaded.tokenizer, config)
+            if config.method != "identity":
+                path = factors_path(spec)
+                if not path.is_file():
+                    raise FactorsError("the factors for this analysis are not fitted yet: press 'Fit and score' first")
+                engine.load_factors(path)
+            with self._lock:
+                self._engines[key] = engine
+                while len(self._engines) > self.max_engines:
+                    self._engines.popitem(last=False)
+            return engine
+
+    def engines_loaded(self) -> int:
+        """How many engines (sets of factors) are in memory."""
+        with self._lock:
+            return len(self._engines)

@@ -1,0 +1,534 @@
+"""The frame's Streamlit glue shared by every page: sidebar, cached stores, the background job, downloads.
+
+Pages stay thin: they call :func:`require_analysis` (which draws the empty state, the cost estimate and the
+"Fit and score" button until an analysis exists), then draw with :mod:`explorer.figures`, and offer
+downloads with :func:`figure` and :func:`table`. All widget state that defines a view is kept in the URL, so a
+link reproduces it: widgets use ``bind="query-params"``, except review pickers, which keep the review's number
+there through ``st.query_params`` (:func:`url_choice`) instead of its long label.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from explorer import analysis as analyses
+from explorer import cost, uploads
+from explorer.analysis import Analysis
+from explorer.analysis import load_analysis as read_analysis
+from explorer.figures import figure_html
+from explorer.jobs import CANCELLED, DONE, ERROR, Job, JobRunner
+from explorer.spec import AnalysisSpec, analysis_dir, damping_grid, default_model_source, factors_ready
+from explorer.store import ModelStore
+from influence_core.engine.config import FISHERS, METHODS, EngineConfig
+from influence_core.errors import InfluenceError
+from influence_core.sources.data import DataSource
+from influence_core.sources.models import ModelSource
+from influence_core.sources.slices import SliceSpec
+
+log = logging.getLogger("influence_explorer")
+
+SIGN_HELP = (
+    "**Sign convention**: positive influence = *helpful* (up-weighting the training review lowers the test "
+    "review's loss); negative = *harmful*. Blue is helpful, red is harmful."
+)
+LAYER_GROUPS = ("ffn", "attention", "head", "all")
+DAMPING_CHOICES = {
+    "absolute": (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+    "relative": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
+}
+DEFAULT_DAMPING = {"absolute": 1e-5, "relative": 1e-2}
+DEFAULT_TEST_REVIEWS = 40
+# Bound select boxes put the *displayed* option in the URL, so the options themselves are short and readable.
+MODEL_KINDS = {"built-in demo": "demo", "Hub id": "hub", "local folder": "local"}
+DATA_KINDS = {"built-in demo": "demo", "upload": "upload", "Hub dataset": "hub"}
+
+
+# ------------------------------------------------------------------------------------------- shared state
+@st.cache_resource(show_spinner=False)
+def job_runner() -> JobRunner:
+    """One job runner per server process: a job survives reruns and is visible from every tab."""
+    return JobRunner()
+
+
+@st.cache_resource(show_spinner=False)
+def model_store() -> ModelStore:
+    """One store of loaded models and engines per server process."""
+    return ModelStore()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _file_columns(path: str) -> list[str]:
+    from influence_core.sources.data import read_table
+
+    return [str(c) for c in read_table(path).columns]
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def slice_size(source: DataSource, spec: SliceSpec) -> int:
+    """Rows a slice selects (labels not aligned yet: cheap, for the sidebar and the cost estimate)."""
+    from influence_core.sources.data import load_table
+
+    return len(spec.apply(load_table(source)))
+
+
+@st.cache_resource(show_spinner="Loading the analysis…", max_entries=4)
+def _cached_analysis(key: str, stamp: float, _spec: AnalysisSpec) -> Analysis | None:
+    return read_analysis(_spec)
+
+
+def load_analysis(spec: AnalysisSpec) -> Analysis | None:
+    """The computed analysis for ``spec`` (read from disk once per process), or None."""
+    meta = analysis_dir(spec) / "meta.json"
+    if not meta.is_file():
+        return None
+    return _cached_analysis(spec.key(), meta.stat().st_mtime, spec)
+
+
+@dataclass
+class Frame:
+    """What the sidebar decided, for the page to use."""
+
+    spec: AnalysisSpec | None = None
+    problem: str | None = None
+    n_train: int = 0
+    n_test: int = 0
+    analysis: Analysis | None = None
+    k: int = 0
+    layers: list[str] = field(default_factory=list)
+
+    @property
+    def damping(self) -> float:
+        return self.analysis.dampings[self.k] if self.analysis else float("nan")
+
+
+def ensure_frame() -> None:
+    """Make sure this page runs inside app.py's frame; call it first in every page.
+
+    Streamlit treats a folder named ``pages/`` next to the entry script as a legacy multipage app until the
+    first ``st.navigation`` call of the process. A deep link (``/explain``) as the very first request would
+    then run the page on its own, without the sidebar. Switch that legacy mode off and rerun through app.py.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def frame() -> Frame:
+    """The frame built by ``app.py``'s sidebar on this run."""
+    return st.session_state.get("_frame") or Frame(problem="The sidebar did not run.")
+
+
+# ------------------------------------------------------------------------------------------- sidebar
+def sidebar() -> Frame:
+    """Draw the shared sidebar and return the analysis it describes (model, data, layers, method, damping)."""
+    out = Frame()
+    with st.sidebar:
+        st.markdown("### Analysis")
+        summary_box = st.container(border=True)  # filled once the controls below are read
+        try:
+            spec, n_train, n_test = _analysis_controls()
+            out.spec, out.n_train, out.n_test = spec, n_train, n_test
+        except InfluenceError as err:
+            out.problem = str(err)
+            st.error(str(err))
+        if out.spec is not None:
+            out.analysis = load_analysis(out.spec)
+            with summary_box:
+                _summary(out)
+            if out.analysis is not None:
+                _view_controls(out)
+        else:
+            summary_box.caption("Fix the settings below to see the analysis.")
+    st.session_state["_frame"] = out
+    return out
+
+
+def _analysis_controls() -> tuple[AnalysisSpec, int, int]:
+    default_model = default_model_source()
+    kinds = list(MODEL_KINDS.values())
+    kind = MODEL_KINDS[st.selectbox(
+        "Model",
+        list(MODEL_KINDS),
+        index=kinds.index(default_model.kind),
+        key="model",
+        bind="query-params",
+        help="The classifier to explain. The demo model is MiniLM fine-tuned on the demo reviews (trained on first use).",
+    )]
+    if kind == "demo":
+        model = ModelSource("demo")
+    else:
+        placeholder = "distilbert-base-uncased-finetuned-sst-2-english" if kind == "hub" else "/path/to/model_folder"
+        name = st.text_input(
+            "Hub id" if kind == "hub" else "Model folder",
+            value=default_model.name if kind == default_model.kind else "",
+            key="model_name",
+            bind="query-params",
+            placeholder=placeholder,
+            help="A sequence classifier saved with safetensors weights (no remote code is run).",
+        ).strip()
+        if not name:
+            raise InfluenceError(f"Enter a {'Hub id' if kind == 'hub' else 'model folder'} or choose the built-in demo model.")
+        model = ModelSource(kind, name)
+
+    train_data, test_data = _data_controls()
+    with st.expander("Slices", expanded=False):
+        train_n = st.number_input(
+            "Training reviews (0 = all)", 0, 100_000, 0, step=50, key="train_n", bind="query-params",
+            help="A seeded random sample of the training slice; scoring time grows with it.",
+        )
+        test_n = st.number_input(
+            "Test reviews (0 = all)", 0, 10_000, DEFAULT_TEST_REVIEWS, step=10, key="test_n", bind="query-params",
+            help="A seeded, label-balanced sample of the test slice.",
+        )
+        seed = st.number_input("Sampling seed", 0, 10_000, 0, key="seed", bind="query-params")
+        keyword = st.text_input("Test reviews containing", "", key="test_kw", bind="query-params",
+                                help="Keep only test reviews containing this text (case-insensitive).")
+    train_slice = SliceSpec(sample=int(train_n) or None, seed=int(seed), balanced=False)
+    test_slice = SliceSpec(sample=int(test_n) or None, seed=int(seed), balanced=bool(test_n), keyword=keyword)
+
+    with st.expander("Method", expanded=False):
+        groups = st.multiselect(
+            "Layer groups", list(LAYER_GROUPS), default=["ffn", "head"], key="layers", bind="query-params",
+            help="ffn: feed-forward blocks; attention: attention projections; head: pooler and classifier.",
+        )
+        names = st.text_input("More layers (module names, comma-separated)", "", key="layer_names", bind="query-params",
+                              placeholder="bert.encoder.layer.5.output.dense")
+        method = st.selectbox("Method", list(METHODS), key="method", bind="query-params",
+                              help="ekfac: eigenvalue-corrected K-FAC (most accurate); kfac: plain K-FAC; identity: gradient dot products.")
+        fisher = st.selectbox("Fisher", list(FISHERS), key="fisher", bind="query-params",
+                              help="true: expectation under the model's predictions; sampled: one sampled label; empirical: the given labels.")
+        mode = st.radio("Damping", ["absolute", "relative"], horizontal=True, key="dmode", bind="query-params",
+                        help="Relative damping is a multiple of each layer's mean eigenvalue.")
+        choices = DAMPING_CHOICES[mode]
+        damping = st.select_slider(
+            "Damping value", choices, value=DEFAULT_DAMPING[mode], format_func=lambda v: f"{v:g}",
+            key=f"damping_{mode}", bind="query-params",
+            help="Scored together with 4 neighbouring values (x0.01 … x100), so the view can switch instantly.",
+        )
+        max_length = st.number_input("Max tokens per review", 16, 512, 128, step=16, key="max_len", bind="query-params")
+    layer_spec = ",".join([*groups, *[n.strip() for n in names.split(",") if n.strip()]])
+    if not layer_spec:
+        raise InfluenceError("Choose at least one layer group (ffn, attention, head or all) in the Method section.")
+    config = EngineConfig(
+        layers=layer_spec,
+        method=method,
+        fisher=fisher,
+        damping=float(damping) if mode == "absolute" else EngineConfig.damping,
+        relative_damping=float(damping) if mode == "relative" else None,
+        max_length=int(max_length),
+    )
+    spec = AnalysisSpec(
+        model=model,
+        train_data=train_data,
+        test_data=test_data,
+        train_slice=train_slice,
+        test_slice=test_slice,
+        config=config,
+        dampings=damping_grid(float(damping)),
+    )
+    n_train = slice_size(train_data, train_slice)
+    n_test = slice_size(test_data, test_slice)
+    return spec, n_train, n_test
+
+
+def _data_controls() -> tuple[DataSource, DataSource]:
+    kind = DATA_KINDS[st.selectbox("Data", list(DATA_KINDS), key="data", bind="query-params",
+                                   help="Where the training and test reviews come from.")]
+    if kind == "demo":
+        return DataSource("demo", split="train"), DataSource("demo", split="test")
+    if kind == "hub":
+        name = st.text_input("Dataset id", "", key="hub_data", bind="query-params", placeholder="imdb").strip()
+        config = st.text_input("Configuration", "", key="hub_config", bind="query-params", placeholder="(none)").strip()
+        cols = st.columns(2)
+        train_split = cols[0].text_input("Train split", "train", key="hub_train", bind="query-params")
+        test_split = cols[1].text_input("Test split", "test", key="hub_test", bind="query-params")
+        if not name:
+            raise InfluenceError("Enter a Hugging Face dataset id (e.g. imdb), or choose the built-in demo reviews.")
+        text_col = st.text_input("Text column", "text", key="hub_text", bind="query-params")
+        label_col = st.text_input("Label column", "label", key="hub_label", bind="query-params")
+        common = {"config": config or None, "text_col": text_col, "label_col": label_col}
+        return DataSource("hub", name, split=train_split, **common), DataSource("hub", name, split=test_split, **common)
+    return _upload_controls()
+
+
+def _upload_controls() -> tuple[DataSource, DataSource]:
+    """Uploaded tables are validated, then kept in the cache by content hash; the URL carries that name."""
+    limit = cost.format_bytes(uploads.MAX_UPLOAD_BYTES)
+    for role in ("train", "test"):
+        upload = st.file_uploader(
+            f"{role.capitalize()} table (CSV, TSV, Parquet, JSONL; up to {limit})"
+            + (" - optional, else the training table is reused" if role == "test" else ""),
+            type=["csv", "tsv", "parquet", "jsonl", "json", "gz"],
+            key=f"upload_{role}",
+            max_upload_size=50,
+        )
+        if upload is not None:
+            try:
+                path = uploads.save_upload(upload.getvalue(), upload.name)
+            except InfluenceError as err:
+                raise InfluenceError(f"The {role} upload cannot be used: {err}") from None
+            st.query_params[f"{role}_file"] = path.name
+    train_path = uploads.upload_path(st.query_params.get("train_file", ""))
+    if train_path is None:
+        raise InfluenceError("Upload a training table with a text column and a label column to start.")
+    test_path = uploads.upload_path(st.query_params.get("test_file", "")) or train_path
+    columns = _file_columns(str(train_path))
+    text_col = st.selectbox("Text column", columns, index=_guess(columns, ("text", "sentence", "review", "content")),
+                            key="text_col", bind="query-params")
+    label_col = st.selectbox("Label column", columns, index=_guess(columns, ("label", "labels", "sentiment", "target")),
+                             key="label_col", bind="query-params")
+    if text_col == label_col:
+        raise InfluenceError("The text and label columns must differ: pick the column that holds the class.")
+    train = DataSource("file", str(train_path), text_col=text_col, label_col=label_col)
+    test = DataSource("file", str(test_path), text_col=text_col, label_col=label_col)
+    return train, test
+
+
+def _guess(columns: list[str], preferred: tuple[str, ...]) -> int:
+    lowered = [c.lower() for c in columns]
+    for name in preferred:
+        if name in lowered:
+            return lowered.index(name)
+    return 0
+
+
+def _summary(out: Frame) -> None:
+    spec = out.spec
+    job = job_runner().get(spec.key())
+    if out.analysis is not None:
+        status = "scored ✓"
+    elif job is not None and job.running:
+        status = f"running {job.fraction:.0%}"
+    elif factors_ready(spec):
+        status = "factors fitted, not scored"
+    else:
+        status = "not computed"
+    layers = out.analysis.meta.get("layers") if out.analysis else None
+    lines = [
+        f"**Model** {spec.model.describe()}",
+        f"**Reviews** {out.n_train} training × {out.n_test} test",
+        f"**Layers** {spec.config.layers}" + (f" ({len(layers)} modules)" if layers else ""),
+        f"**Method** {spec.config.method}, {spec.config.fisher} Fisher, damping {spec.chosen_damping:g} ({spec.damping_mode})",
+        f"**Status** {status}",
+    ]
+    st.caption("  \n".join(lines))
+    if job is not None and job.running:
+        st.fragment(run_every=2.0)(_sidebar_progress)(spec.key())
+    if out.analysis is None and not (job is not None and job.running):
+        if st.button("Fit and score", type="primary", key="fit_sidebar", width="stretch", help="Starts in the background."):
+            start_analysis(out)
+
+
+def _sidebar_progress(key: str) -> None:
+    """A slim progress bar that follows the job from any page and reloads the app when it finishes."""
+    job = job_runner().get(key)
+    if job is None:
+        return
+    if job.running:
+        st.progress(job.fraction, text=f"{job.name}: {job.message or 'starting…'}")
+    elif st.session_state.get(f"_seen_{key}") != id(job):
+        st.session_state[f"_seen_{key}"] = id(job)
+        st.rerun(scope="app")
+
+
+def _view_controls(out: Frame) -> None:
+    analysis = out.analysis
+    st.markdown("### View")
+    st.caption("Instant: these re-render from the computed scores.")
+    values = analysis.dampings
+    chosen = values[analysis.damping_index(None)]
+    damping = st.select_slider(
+        "Damping (computed values)", values, value=chosen, format_func=lambda v: f"{v:g}", key="view_damping",
+        bind="query-params",
+    )
+    out.k = values.index(damping) if damping in values else analysis.damping_index(damping)
+    layers = list(analysis.scores.layers)
+    short = {name: short_layer(name) for name in layers}
+    picked = st.multiselect(
+        "Layers shown", layers, default=[], format_func=short.get, key="view_layers", bind="query-params",
+        placeholder=f"all {len(layers)} layers", help="Influence is summed over these layers (all when empty).",
+    )
+    out.layers = picked or layers
+
+
+def short_layer(name: str) -> str:
+    from explorer.figures import short_layer_name
+
+    return short_layer_name(name)
+
+
+def url_choice(widget, label: str, options, *, key: str, default=None, **kwargs):
+    """``st.selectbox`` or ``st.multiselect`` whose value is kept in the URL as the option's own text.
+
+    Bound widgets (``bind="query-params"``) write the *displayed* label into the URL; for reviews that label is a
+    long snippet, so these keep ``?test=12`` through ``st.query_params`` instead.
+    """
+    options = list(options)
+    by_text = {str(option): option for option in options}
+    multi = widget is st.multiselect
+    if key not in st.session_state:
+        if multi and key in st.query_params:
+            picked = [by_text[t] for t in st.query_params.get_all(key) if t in by_text]
+            st.session_state[key] = picked
+        elif not multi and st.query_params.get(key) in by_text:
+            st.session_state[key] = by_text[st.query_params.get(key)]
+    if key not in st.session_state and default is not None:
+        if multi:
+            kwargs["default"] = default
+        elif default in options:
+            kwargs["index"] = options.index(default)
+    value = widget(label, options, key=key, **kwargs)
+    text = [str(v) for v in value] if multi else ("" if value is None else str(value))
+    current = st.query_params.get_all(key) if multi else st.query_params.get(key)
+    if current != text:
+        st.query_params[key] = text
+    return value
+
+
+# ------------------------------------------------------------------------------------------- jobs
+def start_analysis(out: Frame) -> Job:
+    spec = out.spec
+    store = model_store()
+    return job_runner().start(lambda progress: analyses.compute_analysis(spec, store, progress), key=spec.key(), name="Fit and score")
+
+
+def job_panel(key: str, *, on_done: str = "rerun") -> Job | None:
+    """Progress of the job ``key`` with a Cancel button; refreshes itself every second while it runs."""
+    job = job_runner().get(key)
+    if job is None:
+        return None
+
+    def draw() -> None:
+        current = job_runner().get(key)
+        if current is None:
+            return
+        if current.running:
+            with st.status(f"{current.name}: {current.fraction:.0%}", expanded=True, state="running"):
+                st.progress(current.fraction, text=current.message or "starting…")
+                st.caption(f"Running for {cost.format_seconds(current.elapsed)}. You can keep browsing; it runs in the background.")
+                if st.button("Cancel", key=f"cancel_{key}"):
+                    current.cancel()
+        elif current.status == ERROR:
+            st.error(current.error or "The job failed.")
+        elif current.status == CANCELLED:
+            st.warning(f"{current.name} was cancelled. Start it again when you are ready.")
+        elif current.status == DONE and st.session_state.get(f"_seen_{key}") != id(current):
+            st.session_state[f"_seen_{key}"] = id(current)
+            if on_done == "rerun":
+                st.rerun()
+
+    if job.running:
+        st.fragment(run_every=1.0)(draw)()
+    else:
+        draw()
+    return job
+
+
+def require_analysis() -> tuple[Frame, Analysis]:
+    """The frame and its computed analysis; otherwise draw the empty state (cost, button, progress) and stop."""
+    out = frame()
+    if out.spec is None:
+        st.info(out.problem or "Choose a model and data in the sidebar.")
+        st.stop()
+    if out.analysis is not None:
+        return out, out.analysis
+    job = job_runner().get(out.spec.key())
+    running = job is not None and job.running
+    st.info(
+        "Nothing computed yet for this model, data and method. **Fit and score** fits the curvature factors on the "
+        "training reviews and scores every test review against them, once; afterwards every page is instant."
+    )
+    estimate = cost.estimate_cost(out.spec, out.n_train, out.n_test)
+    cols = st.columns(3)
+    cols[0].metric("Training reviews", out.n_train)
+    cols[1].metric("Test reviews", out.n_test)
+    cols[2].metric("Estimated time", cost.format_seconds(estimate.seconds))
+    st.caption("Will " + "; then ".join(estimate.steps) + f". Peak memory about {cost.format_bytes(estimate.memory_bytes)}.")
+    if not running and st.button("Fit and score", type="primary", key="fit_main"):
+        start_analysis(out)
+        st.rerun()
+    job_panel(out.spec.key())
+    st.stop()
+
+
+# ------------------------------------------------------------------------------------------- output helpers
+def figure(fig, name: str, *, key: str | None = None) -> None:
+    """Draw a plotly figure (Streamlit theme, so light and dark both work) with an HTML download button."""
+    st.plotly_chart(fig, theme="streamlit", key=key, config={"displaylogo": False, "toImageButtonOptions": {"filename": name}})
+    st.download_button(
+        "Download figure (HTML)",
+        data=lambda: figure_html(fig, title=name),
+        file_name=f"{name}.html",
+        mime="text/html",
+        key=f"dl_fig_{key or name}",
+        on_click="ignore",
+        type="tertiary",
+        icon=":material/download:",
+    )
+
+
+def table(frame_: pd.DataFrame, name: str, *, key: str | None = None, **kwargs) -> object:
+    """Show a table with a CSV download button; extra arguments go to ``st.dataframe``."""
+    result = st.dataframe(frame_, hide_index=True, key=key, **kwargs)
+    st.download_button(
+        "Download table (CSV)",
+        data=frame_.to_csv(index=False).encode("utf-8"),
+        file_name=f"{name}.csv",
+        mime="text/csv",
+        key=f"dl_tab_{key or name}",
+        on_click="ignore",
+        type="tertiary",
+        icon=":material/download:",
+    )
+    return result
+
+
+def review_label(analysis: Analysis, which: str, index: int, *, width: int = 70) -> str:
+    """``#12 · positive → predicted negative · "It was…"`` for select boxes (plain text, Streamlit escapes it)."""
+    from explorer.highlight import snippet
+
+    frame_ = analysis.test if which == "test" else analysis.train
+    preds = analysis.test_pred if which == "test" else analysis.train_pred
+    label = analysis.name(frame_["label"].iloc[index])
+    pred = analysis.name(preds[index])
+    mark = "" if label == pred else " ✗"
+    return f"#{index} · {label} → {pred}{mark} · {snippet(frame_['text'].iloc[index], width)}"
+
+
+def reviews_table(analysis: Analysis, which: str, indices, scores=None, score_name: str = "influence") -> pd.DataFrame:
+    """A readable table of reviews: position, row id, label, prediction, confidence, (score), text."""
+    frame_ = analysis.test if which == "test" else analysis.train
+    probs = analysis.scores.test_probs if which == "test" else analysis.scores.train_probs
+    indices = np.asarray(indices, dtype=int)
+    data = {
+        which: indices,
+        "row_id": frame_["row_id"].to_numpy()[indices],
+        "label": [analysis.name(v) for v in frame_["label"].to_numpy()[indices]],
+        "predicted": [analysis.name(v) for v in probs[indices].argmax(axis=1)],
+        "confidence": probs[indices].max(axis=1),
+    }
+    if scores is not None:
+        data[score_name] = np.asarray(scores)[indices] if len(scores) == len(frame_) else np.asarray(scores)
+    data["text"] = frame_["text"].to_numpy()[indices]
+    return pd.DataFrame(data)
+
+
+def guarded(body) -> None:
+    """Run a page body; user errors become ``st.error``, anything else a short message (never a traceback)."""
+    try:
+        body()
+    except InfluenceError as err:
+        st.error(str(err))
+    except Exception:  # noqa: BLE001 - a page must never show a traceback
+        log.exception("page failed")
+        st.error(
+            "Something went wrong while drawing this page. Try another view or reload; if it persists, the server "
+            "log has the details."
+        )

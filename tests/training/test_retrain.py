@@ -1,0 +1,195 @@
+"""Fix and retrain: clean_dataset semantics, a short retrain of a tiny model (cached, cancellable), the
+counterfactual check and the clean-and-retrain CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from influence_core import cli
+from influence_core.errors import DataError
+from influence_core.training.finetune import FinetuneCancelled, finetune
+from influence_core.training.retrain import (
+    clean_dataset,
+    counterfactual_check,
+    read_flags,
+    recipe_of,
+    retrain,
+)
+from tests.data_fixtures import tiny_corpus, tiny_encoder_dir  # noqa: F401
+
+NAMES = ["negative", "positive"]
+TINY = {"epochs": 2, "lr": 1e-2, "batch_size": 8, "max_length": 32, "seed": 0}
+
+
+# ------------------------------------------------------------------------------------------ clean_dataset
+def _table() -> pd.DataFrame:
+    return pd.DataFrame({"row_id": [10, 11, 12, 13, 14], "text": list("abcde"), "label": [0, 1, 0, 1, 0],
+                         "extra": [1, 2, 3, 4, 5]})
+
+
+def test_clean_dataset_semantics():
+    marks = {10: "fine", 11: "drop", 12: "mislabeled", 13: 0, 14: "relabel:positive", 99: "drop"}
+    cleaned = clean_dataset(_table(), marks, label_names=NAMES)
+    assert cleaned["row_id"].tolist() == [10, 13, 14]
+    assert cleaned["label"].tolist() == [0, 0, 1] and cleaned["original_label"].tolist() == [0, 1, 0]
+    assert cleaned["action"].tolist() == ["keep", "relabel", "relabel"]
+    assert cleaned["extra"].tolist() == [1, 4, 5]
+
+    flipped = clean_dataset(_table(), {12: "mislabeled"}, mislabeled="flip")
+    assert len(flipped) == 5 and flipped.loc[2, "label"] == 1 and flipped.loc[2, "action"] == "relabel"
+    # the app's mark format
+    app = clean_dataset(_table(), {10: {"state": "mislabeled", "new_label": None},
+                                   11: {"state": "relabel", "new_label": 0}, 12: {"state": "fine"}})
+    assert app["row_id"].tolist() == [11, 12, 13, 14] and app["label"].tolist() == [0, 0, 1, 0]
+    # relabelling to the same label is not a change; names match case-insensitively
+    same = clean_dataset(_table(), {11: "Positive"}, label_names=NAMES)
+    assert same["action"].tolist() == ["keep"] * 5
+    # without row_id the positions name the rows
+    plain = clean_dataset(_table().drop(columns="row_id"), {0: "drop"})
+    assert plain["text"].tolist() == list("bcde")
+    assert clean_dataset(_table(), {}).equals(clean_dataset(_table(), {10: "fine"}))
+
+
+@pytest.mark.parametrize("marks, kwargs, message", [
+    ({99: "drop"}, {"strict": True}, "not in the training table"),
+    ({10: "maybe"}, {"label_names": NAMES}, "unknown verdict"),
+    ({10: 5}, {}, "outside"),
+    ({10: "relabel"}, {}, "relabel:<label>"),
+    ({10: {"state": "relabel"}}, {}, "without a new label"),
+    ({10: "fine"}, {"mislabeled": "swap"}, "mislabeled must be"),
+])
+def test_clean_dataset_refuses_bad_marks(marks, kwargs, message):
+    with pytest.raises((DataError, ValueError), match=message):
+        clean_dataset(_table(), marks, **kwargs)
+
+
+def test_flip_needs_two_classes():
+    table = _table().assign(label=[0, 1, 2, 1, 0])
+    with pytest.raises(DataError, match="two classes"):
+        clean_dataset(table, {10: "mislabeled"}, label_names=["a", "b", "c"], mislabeled="flip")
+
+
+def test_read_flags_accepts_actions_and_the_app_flag_list():
+    flags = read_flags(pd.DataFrame({"row_id": [1, 2, 3], "action": ["drop", "relabel:positive", None]}))
+    assert flags == {1: "drop", 2: "relabel:positive", 3: "fine"}
+    app = read_flags(pd.DataFrame({"row_id": [4, 5], "mark": ["relabel", "mislabeled"], "new_label": [1, ""]}))
+    assert app[4] == {"state": "relabel", "new_label": 1} and app[5] == "mislabeled"
+    with pytest.raises(DataError, match="twice"):
+        read_flags(pd.DataFrame({"row_id": [1, 1], "action": ["drop", "fine"]}))
+
+
+# ------------------------------------------------------------------------------------------ retrain
+@pytest.fixture(scope="module")
+def corpus():
+    table = tiny_corpus(n_train=48, n_test=16)
+    return table[table["split"] == "train"].reset_index(drop=True), table[table["split"] == "test"].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def studied_model(tiny_encoder_dir, corpus, tmp_path_factory):  # noqa: F811
+    """A tiny classifier fine-tuned on the corpus with its planted errors (the 'before' model)."""
+    train, _ = corpus
+    folder = tmp_path_factory.mktemp("studied") / "model"
+    finetune(tiny_encoder_dir, train["text"].tolist(), train["label"].tolist(), label_names=NAMES, out_dir=folder,
+             **TINY)
+    return folder
+
+
+def test_recipe_of_a_finetuned_folder(studied_model, tiny_encoder_dir):  # noqa: F811
+    recipe = recipe_of(studied_model)
+    assert recipe.base == str(tiny_encoder_dir) and recipe.before == str(studied_model)
+    assert recipe.hyperparameters == TINY and recipe.label_names == tuple(NAMES)
+    assert recipe_of(studied_model, epochs=1).hyperparameters["epochs"] == 1
+    with pytest.raises(DataError, match="label names"):
+        recipe_of(tiny_encoder_dir)
+
+
+def test_retrain_on_the_cleaned_set(studied_model, corpus):
+    train, test = corpus
+    marks = {int(i): "mislabeled" for i in np.flatnonzero(train["planted_error"])}
+    cleaned = clean_dataset(train, marks, mislabeled="flip")
+    calls = []
+    result = retrain(studied_model, cleaned, test, progress=lambda *a: calls.append(a))
+    assert result.n_train == len(train) and (result.model_dir / "finetune.json").is_file()
+    assert result.before_probs.shape == result.after_probs.shape == (len(test), 2)
+    for value in (result.before_accuracy, result.after_accuracy):
+        assert 0.0 <= value <= 1.0
+    assert result.before_loss > 0 and result.after_loss > 0
+    summary = result.summary()
+    assert summary["model"].tolist() == ["before", "after"]
+    assert summary.loc[1, "accuracy"] == pytest.approx(result.after_accuracy)
+    assert result.per_example().shape == (len(test), 4)
+    done, total = [c[0] for c in calls], calls[-1][1]
+    assert done == sorted(done) and calls[-1][0] == total and any("fine-tune epoch" in c[2] for c in calls)
+    assert json.loads(json.dumps(result.to_dict()))["n_train"] == len(train)
+
+    # the same request again reuses the cached fine-tune
+    again = retrain(studied_model, cleaned, test)
+    assert again.model_dir == result.model_dir and again.seconds < result.seconds
+    np.testing.assert_allclose(again.after_probs, result.after_probs)
+
+    with pytest.raises(FinetuneCancelled):
+        retrain(studied_model, cleaned.iloc[:40], test, cancel=lambda: True)
+    with pytest.raises(DataError, match="label"):
+        retrain(studied_model, cleaned.assign(label=7), test)
+
+
+def test_retrain_from_a_base_trains_before_and_after(tiny_encoder_dir, corpus):  # noqa: F811
+    train, test = corpus
+    cleaned = clean_dataset(train, {3: "drop", 10: "drop"})
+    result = retrain(tiny_encoder_dir, cleaned, test, original_train_df=train, label_names=NAMES, **TINY)
+    assert result.before_probs is not None and result.n_train == len(train) - 2
+    assert any("original rows" in note for note in result.notes)
+
+
+def test_counterfactual_check_removes_the_most_harmful(studied_model, corpus):
+    train, test = corpus
+    influence = np.linspace(-1.0, 1.0, len(train))[::-1].copy()  # the last rows are the most harmful
+    calls = []
+    result = counterfactual_check(studied_model, train, test["text"].iloc[0], int(test["label"].iloc[0]), influence,
+                                  k=3, n_random=1, progress=lambda *a: calls.append(a))
+    assert result.harmful == [47, 46, 45] and len(result.random) == 1 and len(result.random[0]) == 3
+    assert result.harmful_influence == pytest.approx(influence[[47, 46, 45]].tolist())
+    assert result.predicted_change == pytest.approx(influence[[45, 46, 47]].sum() / len(train))
+    assert all(np.isfinite([result.loss_full, result.loss_minus_harmful, *result.loss_minus_random]))
+    assert result.summary()["model"].tolist() == ["full", "minus 3 most harmful", "minus 3 random (draw 1)"]
+    assert isinstance(result.harmful_beats_random, bool)
+    assert calls[-1][0] == calls[-1][1]
+    # the full retrain is cached: a second review reuses it
+    other = counterfactual_check(studied_model, train, test["text"].iloc[1], int(test["label"].iloc[1]), influence,
+                                 k=3, n_random=1)
+    assert other.seconds < result.seconds
+    with pytest.raises(DataError, match="one value per training row"):
+        counterfactual_check(studied_model, train, "x", 0, influence[:5], k=3)
+    with pytest.raises(DataError, match="k must be"):
+        counterfactual_check(studied_model, train, "x", 0, influence, k=0)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_cli_clean_and_retrain(studied_model, corpus, tmp_path, capsys):
+    train, test = corpus
+    train_file, test_file, flags_file = tmp_path / "train.csv", tmp_path / "test.csv", tmp_path / "flags.csv"
+    train.drop(columns=["split"]).to_csv(train_file, index=False)
+    test.drop(columns=["split"]).to_csv(test_file, index=False)
+    pd.DataFrame({"row_id": [3, 10, 0], "action": ["relabel:positive", "drop", "fine"]}).to_csv(flags_file,
+                                                                                               index=False)
+    out = tmp_path / "retrained"
+    code = cli.main(["clean-and-retrain", "--model", str(studied_model), "--train", str(train_file), "--flags",
+                     str(flags_file), "--test", str(test_file), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "1 rows dropped, 1 relabelled" in captured.out and "before" in captured.out
+    summary = json.loads((out / "retrain.json").read_text())
+    assert summary["n_train"] == len(train) - 1 and summary["after_accuracy"] is not None
+    assert len(pd.read_csv(out / "cleaned_train.csv")) == len(train) - 1
+
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"row_id": [999], "action": ["drop"]}).to_csv(bad, index=False)
+    code = cli.main(["clean-and-retrain", "--model", str(studied_model), "--train", str(train_file), "--flags",
+                     str(bad), "--test", str(test_file), "--out", str(tmp_path / "other")])
+    captured = capsys.readouterr()
+    assert code == 2 and len(captured.err.strip().splitlines()) == 1 and "row 999" in captured.err
