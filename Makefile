@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8501
 
-.PHONY: app test lint bench bench-mislabel clean
+.PHONY: app dev test lint bench bench-mislabel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
 
 app: $(VENV)/.installed
 	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
+
+# For editing the app: rerun on every saved source file. The watcher costs CPU even while idle; `make app` has none.
+dev: $(VENV)/.installed
+	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.fileWatcherType auto \
+		--server.runOnSave true
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)

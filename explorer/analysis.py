@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from explorer.cost import record_speed
+from explorer.jobs import JobCancelled
 from explorer.spec import (
     FORMAT_VERSION,
     KEPT_COLUMNS,
@@ -152,7 +153,7 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
             return False
         try:
             cancel()
-        except Exception:  # noqa: BLE001 - the job's cancel signal
+        except JobCancelled:  # the job's cancel signal; any other failure propagates
             return True
         return False
 

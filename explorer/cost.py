@@ -64,6 +64,45 @@ def estimate_cost(
     return CostEstimate(seconds=seconds, memory_bytes=float(memory), steps=steps)
 
 
+FINETUNE_OVERHEAD = 1.5  # optimiser step and bookkeeping on top of a forward and backward pass
+
+
+def finetune_recipe(spec: AnalysisSpec) -> dict:
+    """The hyper-parameters a retrain of the model under study uses (``epochs``, ``max_length``, ...), read from the
+    model's ``finetune.json`` when it has one; the retrain defaults otherwise."""
+    from influence_core.training.retrain import DEFAULT_RECIPE
+
+    hyper = dict(DEFAULT_RECIPE)
+    try:
+        from explorer.spec import study_model
+
+        record = json.loads((Path(study_model(spec)).expanduser() / "finetune.json").read_text(encoding="utf-8"))
+        hyper.update({k: v for k, v in record.get("hyperparameters", {}).items() if k in hyper})
+    except (OSError, ValueError, AttributeError):
+        pass
+    return hyper
+
+
+def estimate_finetune(spec: AnalysisSpec, n_train: int, *, runs: int = 1, epochs: int | None = None,
+                      max_length: int | None = None) -> CostEstimate:
+    """Time and memory of ``runs`` fine-tunes of the model's recipe on ``n_train`` reviews (retrain, counterfactual).
+
+    ``epochs`` and ``max_length`` default to the recipe's (:func:`finetune_recipe`). Each epoch is one forward and
+    backward pass per review plus the optimiser step, from the same cost model as :func:`estimate_cost` and
+    rescaled by the speed this machine recorded for the model, so the first estimate is the roughest.
+    """
+    recipe = finetune_recipe(spec)
+    epochs = int(recipe["epochs"] if epochs is None else epochs)
+    max_length = int(recipe["max_length"] if max_length is None else max_length)
+    parameters = _guess_parameters(spec)
+    per_example = FORWARD_BACKWARD_S_PER_PARAM * parameters * (max_length / 128) * FINETUNE_OVERHEAD
+    seconds = max(int(runs), 0) * epochs * max(int(n_train), 0) * per_example * (_load_speed(spec) or 1.0)
+    memory = parameters * 4 * 4  # weights, gradients and two Adam moments in float32
+    steps = [f"{runs} fine-tune{'s' if runs != 1 else ''} of {epochs} epoch{'s' if epochs != 1 else ''} on "
+             f"{n_train} training reviews"]
+    return CostEstimate(seconds=float(seconds), memory_bytes=float(memory), steps=steps)
+
+
 def _model_seconds(
     spec: AnalysisSpec, n_train: int, n_test: int, sizes: Mapping[str, tuple[int, int]], *, finetune: bool, fit: bool
 ) -> tuple[float, list[str]]:

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from explorer.highlight import snippet
 
@@ -215,48 +214,55 @@ def layerwise_bars(
     names: Sequence[str] | None = None,
     hover: Sequence[str] | None = None,
     title: str = "",
+    zmax: float | None = None,
 ) -> go.Figure:
-    """One test review's influence across training reviews, one bar chart per layer (as in pyDVL's notebook).
+    """One test review's influence per layer and training review, as one compact heatmap (layers x reviews).
+
+    One chart with one x axis instead of a bar chart per layer (pyDVL's notebook): rows are the layers (short
+    names, in the caller's order), columns the training reviews, colours the diverging influence scale.
 
     Args:
         by_layer: ``{layer: [n_train]}`` influence of each training review through that layer; the x order
             is the caller's (sort it by total influence first).
         names: x labels ``[n_train]``; hover: escaped hover lines ``[n_train]``.
+        zmax: symmetric colour range; default the 95th percentile of ``|influence|`` (beyond it colours saturate).
     """
     layers = list(by_layer)
     if not layers:
         return empty_figure("No layers selected.")
-    n = len(next(iter(by_layer.values())))
+    z = np.vstack([np.asarray(by_layer[layer], dtype=float).reshape(-1) for layer in layers])  # [L, n_train]
+    n = z.shape[1]
     x = [html.escape(str(name)) for name in names] if names is not None else [f"train {j}" for j in range(n)]
-    fig = make_subplots(
-        rows=len(layers),
-        cols=1,
-        shared_xaxes=True,
-        vertical_spacing=min(0.04, 0.5 / max(len(layers), 1)),
-        subplot_titles=[html.escape(short_layer_name(name)) for name in layers],
-    )
-    for row, layer in enumerate(layers, start=1):
-        values = np.asarray(by_layer[layer], dtype=float)
-        fig.add_bar(
+    y = [html.escape(short_layer_name(name)) for name in layers]
+    if zmax is None:
+        finite = np.abs(z[np.isfinite(z)])
+        zmax = (float(np.quantile(finite, 0.95)) or float(finite.max())) if finite.size else 1.0
+    zmax = zmax or 1.0
+    custom = None
+    if hover is not None:
+        custom = [list(hover) for _ in layers]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
             x=x,
-            y=values,
-            marker_color=[HELPFUL if v >= 0 else HARMFUL for v in values],
-            customdata=list(hover) if hover is not None else None,
-            hovertemplate="%{x}: %{y:.4g}" + ("<br>%{customdata}" if hover is not None else "") + "<extra></extra>",
-            showlegend=False,
-            row=row,
-            col=1,
+            y=y,
+            colorscale=INFLUENCE_SCALE,
+            zmid=0,
+            zmin=-zmax,
+            zmax=zmax,
+            customdata=custom,
+            colorbar={"title": {"text": "influence"}},
+            hovertemplate="%{y} · %{x}: %{z:.4g}" + ("<br>%{customdata}" if custom is not None else "")
+            + "<extra></extra>",
         )
-    fig.update_xaxes(type="category", showticklabels=False)
-    fig.update_xaxes(showticklabels=n <= 40, row=len(layers), col=1)
+    )
     fig.update_layout(
         title={"text": html.escape(title)} if title else None,
-        height=max(260, 150 * len(layers) + 60),
-        margin={"l": 10, "r": 10, "t": 60, "b": 10},
-        bargap=0.1,
+        xaxis={"type": "category", "showticklabels": n <= 60, "title": f"training review ({SIGN_NOTE})"},
+        yaxis={"type": "category", "autorange": "reversed"},
+        height=max(220, 24 * len(layers) + 140),
+        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
     )
-    for annotation in fig.layout.annotations:
-        annotation.font = {"size": 12}
     return fig
 
 
@@ -337,7 +343,9 @@ def before_after_bars(
 ) -> go.Figure:
     """One training review's influence on several test reviews ``[n]`` before and after a change, as paired bars.
 
-    ``before`` is grey; ``after`` is blue where helpful and red where harmful. Bars keep the caller's order.
+    ``before`` is grey; ``after`` is blue where helpful and red where harmful, drawn as two traces ("after:
+    helpful", "after: harmful") in one slot so that every legend entry has the colour of its bars. Bars keep the
+    caller's order.
     """
     before = np.asarray(before, dtype=float)
     after = np.asarray(after, dtype=float)
@@ -345,10 +353,11 @@ def before_after_bars(
     custom = list(hover) if hover is not None else None
     template = "%{x}: %{y:.4g}" + ("<br>%{customdata}" if custom is not None else "")
     fig = go.Figure()
-    fig.add_bar(x=labels, y=before, name="before", marker_color=NEUTRAL, customdata=custom,
+    fig.add_bar(x=labels, y=before, name="before", marker_color=NEUTRAL, customdata=custom, offsetgroup="before",
                 hovertemplate=template + "<extra>before</extra>")
-    fig.add_bar(x=labels, y=after, name="after", marker_color=[HELPFUL if v >= 0 else HARMFUL for v in after],
-                customdata=custom, hovertemplate=template + "<extra>after</extra>")
+    for name, colour, keep in (("after: helpful", HELPFUL, after >= 0), ("after: harmful", HARMFUL, after < 0)):
+        fig.add_bar(x=labels, y=np.where(keep, after, np.nan), name=name, marker_color=colour, customdata=custom,
+                    offsetgroup="after", hovertemplate=template + f"<extra>{name}</extra>", showlegend=bool(keep.any()))
     fig.update_layout(
         barmode="group",
         title={"text": html.escape(title)} if title else None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -77,42 +78,124 @@ def merge_word_pieces(tokens: Sequence[str]) -> list[tuple[str, bool]]:
     return out
 
 
+POOLED_LABEL = "[pooled]"  # the chip for per-review layers (pooler, classifier) and special tokens
+
+
+@dataclass(frozen=True)
+class DisplayToken:
+    """One piece of highlighted text: what is shown, whether a space goes before it, and its score.
+
+    ``chip`` marks the leading ``[pooled]`` piece that carries the special tokens' and the pooled layers' share.
+    """
+
+    text: str
+    space_before: bool
+    score: float
+    chip: bool = False
+
+
+def display_tokens(
+    tokens: Sequence[str],
+    scores: Sequence[float] | np.ndarray,
+    *,
+    pooled: float = 0.0,
+    denominator: float = 1.0,
+    skip_special: bool = True,
+) -> list[DisplayToken]:
+    """The pieces :func:`highlight_tokens` draws; their scores add up to ``sum(scores) / denominator``.
+
+    Args:
+        tokens: the tokenizer's tokens, ``[T]`` (as ``engine.token_influence(...).tokens``).
+        scores: per-token influence, ``[T]``; positive = helpful. ``scores[0]`` includes ``pooled``.
+        pooled: the part of the influence from layers that see one vector per review (pooler, classifier head),
+            credited to the first token by ``token_influence``.
+        denominator: divide every score by it (``sqrt(I(q, q) I(m, m))`` for relative influence; a value
+            ``<= 0`` makes every score 0, as :meth:`ScoreTable.relative` does).
+        skip_special: show ``[CLS]``, ``[SEP]`` and similar markers not as text but inside one leading
+            ``[pooled]`` chip, together with ``pooled``, so no share of the score disappears. The chip is left
+            out when its score is 0.
+    """
+    values = np.asarray(scores, dtype=float).reshape(-1).copy()
+    if len(tokens) != len(values):
+        raise ValueError(f"got {len(tokens)} tokens but {len(values)} scores")
+    factor = 1.0 / denominator if denominator > 0 else 0.0
+    values *= factor
+    pooled = float(pooled) * factor
+    if not skip_special:
+        return [DisplayToken(t, space, float(v)) for (t, space), v in zip(merge_word_pieces(list(tokens)), values)]
+    chip = 0.0
+    if pooled and len(values):
+        values[0] -= pooled  # the first token keeps only its own share; the pooled share goes to the chip
+        chip += pooled
+    keep = [i for i, t in enumerate(tokens) if t not in SPECIAL_TOKENS]
+    chip += float(sum(values[i] for i, t in enumerate(tokens) if t in SPECIAL_TOKENS))
+    pieces = [DisplayToken(text, space, float(values[i]))
+              for (text, space), i in zip(merge_word_pieces([tokens[i] for i in keep]), keep, strict=True)]
+    if chip != 0.0:
+        pieces.insert(0, DisplayToken(POOLED_LABEL, False, chip, chip=True))
+        if len(pieces) > 1:
+            pieces[1] = DisplayToken(pieces[1].text, True, pieces[1].score)
+    return pieces
+
+
+def shared_scale(cards: Sequence[Sequence[DisplayToken]]) -> float:
+    """One colour scale for several highlighted texts: the largest ``|score|`` of a text piece among ``cards``.
+
+    The ``[pooled]`` chips do not set the scale (one vector per review often outweighs any word and would wash
+    every word out); a chip beyond the scale shows at full colour and its tooltip gives the value.
+    """
+    values = [abs(piece.score) for pieces in cards for piece in pieces if not piece.chip and np.isfinite(piece.score)]
+    if not values:
+        values = [abs(piece.score) for pieces in cards for piece in pieces if np.isfinite(piece.score)]
+    return float(max(values, default=0.0))
+
+
 def highlight_tokens(
     tokens: Sequence[str],
     scores: Sequence[float] | np.ndarray,
     *,
     scale: float | None = None,
     skip_special: bool = True,
+    pooled: float = 0.0,
+    denominator: float = 1.0,
 ) -> str:
     """HTML for a tokenised text with each token's background showing its influence.
 
     Args:
         tokens: the tokenizer's tokens, ``[T]`` (as ``engine.token_influence(...).tokens``).
         scores: per-token influence, ``[T]``; positive = helpful, negative = harmful.
-        scale: the absolute score that gets the strongest colour; defaults to the largest ``|score|``
-            shown, so pass a shared value to compare several texts on one scale.
-        skip_special: leave out ``[CLS]``, ``[SEP]``, padding and similar markers.
+        scale: the absolute score that gets the strongest colour; defaults to :func:`shared_scale` of this text
+            alone, so pass one shared value to compare several texts on one scale.
+        skip_special, pooled, denominator: see :func:`display_tokens`; the pieces' scores add up to
+            ``sum(scores) / denominator``.
 
     Returns:
-        A ``<div>`` of ``<span>`` elements, each with the escaped token text and a ``title`` tooltip
-        giving the score.
+        A ``<div>`` of ``<span>`` elements, each with the escaped token text, a ``title`` tooltip giving the score
+        and ``data-score`` with its full value.
     """
-    values = np.asarray(scores, dtype=float).reshape(-1)
-    if len(tokens) != len(values):
-        raise ValueError(f"got {len(tokens)} tokens but {len(values)} scores")
-    keep = [i for i, t in enumerate(tokens) if not (skip_special and t in SPECIAL_TOKENS)]
+    pieces = display_tokens(tokens, scores, pooled=pooled, denominator=denominator, skip_special=skip_special)
+    return tokens_html(pieces, scale=scale)
+
+
+def tokens_html(pieces: Sequence[DisplayToken], *, scale: float | None = None) -> str:
+    """HTML for pieces from :func:`display_tokens`; ``scale`` as in :func:`highlight_tokens` (pass
+    :func:`shared_scale` of every text shown to put them on one colour scale)."""
     if scale is None:
-        shown = np.abs(values[keep]) if keep else np.zeros(0)
-        shown = shown[np.isfinite(shown)]
-        scale = float(shown.max()) if shown.size else 0.0
-    pieces = merge_word_pieces([tokens[i] for i in keep])
+        scale = shared_scale([pieces])
     spans = []
-    for (text, space_before), i in zip(pieces, keep, strict=True):
-        colour = score_colour(values[i], scale)
+    for piece in pieces:
+        colour = score_colour(piece.score, scale)
+        if piece.chip:
+            title = f"special tokens and the per-review layers (pooler, classifier): {piece.score:+.3g}"
+            style = (f"background:{colour};border:1px solid rgba(127,127,127,0.6);border-radius:3px;padding:0 3px;"
+                     "font-size:0.85em")
+        else:
+            title, style = f"{piece.score:+.3g}", f"background:{colour};border-radius:3px;padding:0 1px"
         spans.append(
-            (" " if space_before else "")
-            + f'<span title="{values[i]:+.3g}" style="background:{colour};border-radius:3px;padding:0 1px">'
-            + escape(text)
+            (" " if piece.space_before else "")
+            + f'<span class="{"ie-pooled" if piece.chip else "ie-token"}" title="{escape(title)}" '
+            + f'data-score="{piece.score!r}" style="{style}">'
+            + escape(piece.text)
             + "</span>"
         )
     return f'<div class="ie-tokens" style="{_BLOCK_STYLE}">{"".join(spans)}</div>'
@@ -126,7 +209,9 @@ def legend_html() -> str:
         '<div class="ie-legend" style="font-size:0.85em;opacity:0.85">'
         f'<span style="background:{helpful};border-radius:3px;padding:0 4px">helpful token</span> '
         f'<span style="background:{harmful};border-radius:3px;padding:0 4px">harmful token</span> '
-        "&nbsp;stronger colour = larger share of the influence; hover a token for its score."
+        "&nbsp;stronger colour = larger share of the influence, on one scale for every text shown; "
+        f"{escape(POOLED_LABEL)} = the special tokens and the layers that see one vector per review. The pieces of "
+        "a text add up to its score; hover one for its value."
         "</div>"
     )
 
@@ -139,6 +224,10 @@ __all__ = [
     "snippet",
     "score_colour",
     "merge_word_pieces",
+    "DisplayToken",
+    "display_tokens",
+    "shared_scale",
     "highlight_tokens",
+    "tokens_html",
     "legend_html",
 ]

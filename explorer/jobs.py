@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 PENDING, RUNNING, DONE, ERROR, CANCELLED = "pending", "running", "done", "error", "cancelled"
 FINISHED = frozenset({DONE, ERROR, CANCELLED})
+#: Finished jobs a runner remembers (the latest ones), and for how long at most (seconds).
+MAX_FINISHED = 32
+MAX_AGE_S = 6 * 3600.0
 
 
 class JobCancelled(Exception):
@@ -161,11 +164,17 @@ class JobRunner:
 
     ``start`` with the key of a job that is still running returns that job instead of starting a second
     one; with the key of a finished job it starts afresh. Keep one runner per process.
+
+    Finished jobs (and the results they hold) are remembered for a bounded time: at most ``max_finished`` of
+    them, the most recently finished, and none that finished more than ``max_age_s`` seconds ago. Running jobs
+    are never forgotten.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_finished: int = MAX_FINISHED, max_age_s: float = MAX_AGE_S) -> None:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self.max_finished = max_finished
+        self.max_age_s = max_age_s
 
     def start(self, fn: Callable[[Progress], Any], *, key: str, name: str = "") -> Job:
         """Run ``fn(progress)`` in the background; ``fn`` should call ``progress`` often enough to cancel."""
@@ -176,13 +185,31 @@ class JobRunner:
             job = Job(key=key, name=name)
             job._thread = threading.Thread(target=job._run, args=(fn,), name=f"job-{key}", daemon=True)
             self._jobs[key] = job
+            self._prune()
         job._thread.start()
         return job
 
     def get(self, key: str) -> Job | None:
         """The latest job started with ``key`` (running or finished), or None."""
         with self._lock:
+            self._prune()
             return self._jobs.get(key)
+
+    def __len__(self) -> int:
+        """How many jobs are remembered (running and finished)."""
+        with self._lock:
+            return len(self._jobs)
+
+    def _prune(self, now: float | None = None) -> None:
+        """Forget finished jobs past ``max_age_s`` and all but the ``max_finished`` latest (hold the lock)."""
+        now = time.time() if now is None else now
+        finished = sorted(
+            ((job.finished_at, key) for key, job in self._jobs.items() if job.finished and job.finished_at is not None),
+            reverse=True,
+        )
+        for rank, (finished_at, key) in enumerate(finished):
+            if rank >= self.max_finished or now - finished_at > self.max_age_s:
+                del self._jobs[key]
 
     def running(self) -> list[Job]:
         """Jobs that have not finished, oldest first."""

@@ -17,6 +17,7 @@ import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -99,17 +100,40 @@ def build_report(
     return "\n".join(parts)
 
 
+LONG_TEXT = 40  # characters: a column with longer values is "long text" and may wrap anywhere
+
+
 def table_html(frame: pd.DataFrame, *, max_rows: int = 50) -> str:
-    """An escaped HTML table of the first ``max_rows`` rows, with a note when rows were left out."""
+    """An escaped HTML table of the first ``max_rows`` rows, with a note when rows were left out.
+
+    Cells of columns holding long text (reviews) get ``class="long"``: only they may break inside a word (a long
+    URL); every other cell wraps at spaces only, so a narrow column shows "harmful", never "harmf/ul".
+    """
     shown = frame.head(max_rows)
-    body = shown.to_html(index=False, escape=True, border=0, classes="data", na_rep="", float_format=_float)
+    long_columns = {
+        column for column in shown.columns
+        if not pd.api.types.is_numeric_dtype(shown[column]) and shown[column].astype(str).str.len().max() > LONG_TEXT
+    } if len(shown) else set()
+    head = "".join(f"<th>{_esc(column)}</th>" for column in shown.columns)
+    rows = []
+    for values in shown.itertuples(index=False, name=None):
+        cells = []
+        for column, value in zip(shown.columns, values, strict=True):
+            css = ' class="long"' if column in long_columns else ""
+            cells.append(f"<td{css}>{_cell(value)}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    body = f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
     if len(frame) > max_rows:
         body += f'<p class="note">First {max_rows} of {len(frame)} rows.</p>'
     return f'<div class="table">{body}</div>'
 
 
-def _float(value: float) -> str:
-    return f"{value:.4g}"
+def _cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return _esc(f"{value:.4g}")
+    return _esc(value)
 
 
 def _esc(value: object) -> str:
@@ -122,8 +146,9 @@ main{max-width:1100px;margin:0 auto;padding:24px}
 h1{font-size:1.8em;margin-bottom:0.2em} h2{font-size:1.3em;margin-top:2em;border-bottom:1px solid #d0d7de}
 .note{color:#57606a;font-size:0.9em}
 table{border-collapse:collapse;font-size:0.9em;margin:0.5em 0}
-th,td{border-bottom:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
-td{max-width:520px;overflow-wrap:anywhere}
+th,td{border-bottom:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top;word-break:normal;
+overflow-wrap:normal;hyphens:none}
+td.long{min-width:16em;max-width:520px;overflow-wrap:anywhere}
 .summary th{color:#57606a;font-weight:600}
 .table{overflow-x:auto}
 footer{margin-top:3em;color:#57606a;font-size:0.8em}

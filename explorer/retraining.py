@@ -33,9 +33,11 @@ class RetrainOutcome:
 
 def retrain_cleaned(spec: AnalysisSpec, analysis: Analysis, cleaned: pd.DataFrame, damping: float,
                     progress: Progress) -> RetrainOutcome:
-    """Fine-tune the model's recipe on ``cleaned`` (from :func:`cleaned_dataset`), compare test accuracy and loss
-    with the model under study, then fit and score the retrained model on the same layers at ``damping`` (the
-    value the "before" influences are shown at)."""
+    """Fine-tune the model's recipe on ``cleaned`` (from :func:`cleaned_dataset`) and compare test accuracy and loss
+    with the same recipe fine-tuned on the analysed training slice as it is (``analysis.train``, uncleaned): the
+    model under study was trained on all of its data, not on this slice, so comparing with it would mix the
+    effect of the marks with that of the missing rows. Then fit and score the retrained model on the same layers
+    at ``damping`` (the value the "before" influences are shown at)."""
     from influence_core.engine.influence import InfluenceEngine
     from influence_core.sources.models import load_classifier
     from influence_core.training.retrain import retrain
@@ -44,6 +46,7 @@ def retrain_cleaned(spec: AnalysisSpec, analysis: Analysis, cleaned: pd.DataFram
         raise DataError("every training review is marked mislabeled: nothing is left to train on")
     test = analysis.test[["text", "label"]]
     result = retrain(study_model(spec), cleaned[["text", "label"]], test, label_names=analysis.label_names,
+                     original_train_df=analysis.train[["text", "label"]], before="retrain",
                      progress=progress.span(0.0, 0.7), cancel=_cancel_check(progress))
     loaded = load_classifier(ModelSource("local", str(result.model_dir)))
     engine = InfluenceEngine(loaded.model, loaded.tokenizer, scoring_config(spec, damping))
@@ -59,7 +62,10 @@ def retrain_cleaned(spec: AnalysisSpec, analysis: Analysis, cleaned: pd.DataFram
 def counterfactual(spec: AnalysisSpec, analysis: Analysis, test_index: int, influence: np.ndarray, k: int,
                    draws: int, progress: Progress):
     """Retrain without the ``k`` training reviews most harmful to test review ``test_index`` and without ``k``
-    random ones (``draws`` times); see :func:`influence_core.training.retrain.counterfactual_check`."""
+    random ones (``draws`` times); see :func:`influence_core.training.retrain.counterfactual_check`.
+
+    Every retrain, the "full" reference included, is on the analysed training slice (``analysis.train``), so
+    the removals are compared with the same slice, never with the model under study."""
     from influence_core.training.retrain import counterfactual_check
 
     train = analysis.train[["text", "label", "row_id"]]

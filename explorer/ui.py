@@ -369,16 +369,29 @@ def url_choice(widget, label: str, options, *, key: str, default=None, **kwargs)
 
     Bound widgets (``bind="query-params"``) write the *displayed* label into the URL; for reviews that label is a
     long snippet, so these keep ``?test=12`` through ``st.query_params`` instead.
+
+    The choice also lives in a plain session key (``_choice_<key>``): Streamlit drops the state of a widget that
+    a run does not draw, and a page switch clears the URL, so two pages that share a key (Explain and Layers
+    both use ``test``) would otherwise forget the test review chosen on the other.
     """
     options = list(options)
     by_text = {str(option): option for option in options}
     multi = widget is st.multiselect
+    remembered = f"_choice_{key}"
     if key not in st.session_state:
         if multi and key in st.query_params:
             picked = [by_text[t] for t in st.query_params.get_all(key) if t in by_text]
             st.session_state[key] = picked
         elif not multi and st.query_params.get(key) in by_text:
             st.session_state[key] = by_text[st.query_params.get(key)]
+    if key not in st.session_state and remembered in st.session_state:
+        saved = st.session_state[remembered]
+        if multi:
+            picked = [by_text[t] for t in saved if t in by_text]
+            if picked or not saved:
+                st.session_state[key] = picked
+        elif saved in by_text:
+            st.session_state[key] = by_text[saved]
     if key not in st.session_state and default is not None:
         if multi:
             kwargs["default"] = default
@@ -386,6 +399,7 @@ def url_choice(widget, label: str, options, *, key: str, default=None, **kwargs)
             kwargs["index"] = options.index(default)
     value = widget(label, options, key=key, **kwargs)
     text = [str(v) for v in value] if multi else ("" if value is None else str(value))
+    st.session_state[remembered] = text
     current = st.query_params.get_all(key) if multi else st.query_params.get(key)
     if current != text:
         st.query_params[key] = text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,8 @@ from explorer.spec import AnalysisSpec, Progress
 from explorer.store import ModelStore
 from influence_core.engine.scores import ScoreTable
 from influence_core.errors import DataError, InfluenceError
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------- views
@@ -106,9 +109,36 @@ def flipped_labels(labels: np.ndarray, flip: np.ndarray, n_classes: int) -> np.n
     return np.where(flip, (labels + 1) % max(n_classes, 2), labels)
 
 
-def sign_changes(before: np.ndarray, after: np.ndarray) -> int:
-    """How many pairs switch between helpful and harmful (zeros do not count)."""
-    return int(np.sum(np.sign(before) * np.sign(after) < 0))
+def top_helpers(matrix: np.ndarray, k: int) -> np.ndarray:
+    """Positions of each test review's ``k`` most helpful training reviews, ``[n_test, min(k, n_train)]``.
+
+    Most helpful first; ties keep training order. Only the ranking counts, so a column may appear even when its
+    influence is not positive (a test review that nothing helps still has a "top k").
+    """
+    values = np.asarray(matrix, dtype=float)
+    k = max(0, min(int(k), values.shape[1]))
+    return np.argsort(-values, axis=1, kind="stable")[:, :k]
+
+
+def top_k_overlap(before: np.ndarray, after: np.ndarray, k: int = 10) -> np.ndarray:
+    """Share of each test review's ``k`` most helpful training reviews that stay among its top ``k``, ``[n_test]``.
+
+    ``before``, ``after``: influence ``[n_test, n_train]`` (positive = helpful) with the original and the changed
+    labels. 1 = the test review is explained by the same training reviews as before; 0 = by entirely different
+    ones. Unlike the share of pairs that change sign (for a binary model exactly the flipped columns), this
+    depends on where the flipped reviews ranked and on the influence of the others.
+    """
+    first, second = top_helpers(before, k), top_helpers(after, k)
+    if first.shape[1] == 0:
+        return np.ones(first.shape[0])
+    kept = [len(np.intersect1d(a, b)) for a, b in zip(first, second, strict=True)]
+    return np.asarray(kept, dtype=float) / first.shape[1]
+
+
+def helper_counts(matrix: np.ndarray, columns: Sequence[int], k: int = 10) -> np.ndarray:
+    """For each training position in ``columns``, of how many test reviews it is a top-``k`` helper, ``[len(columns)]``."""
+    top = top_helpers(matrix, k)
+    return np.array([int((top == int(j)).any(axis=1).sum()) for j in columns], dtype=int)
 
 
 def recompute_flipped(spec: AnalysisSpec, store: ModelStore, analysis: Analysis, flip: np.ndarray, k: int,
@@ -158,19 +188,177 @@ def rankings(analysis: Analysis, k: int, layers: Sequence[str] | None = None) ->
     The rankings of ``influence_core.mislabel`` (self-influence, trusted influence, loss, margin, combined) come
     first when that module is present; the app's own (:data:`RANKINGS`) fill in what it lacks. Each becomes a
     column of the finder's table, so adding a ranking there adds it to the page.
+
+    Each ranking is computed on its own: one that fails is left out and named, with the reason, in the result's
+    ``failed`` (``{name: reason}``, for the page to show) and the log, while the others still show. Raises
+    DataError when none can be computed.
     """
     chosen = list(layers) if layers else None
-    out: dict[str, np.ndarray] = {}
+    n_train = analysis.scores.n_train
+    out = Rankings()
+    own = [(name, lambda fn=fn: fn(analysis, k, chosen)) for name, (_, fn) in RANKINGS.items()]
+    handled: set[str] = set()
+    for name, fn in [*_library_rankings(analysis, k, chosen).items(), *own]:
+        if name in handled:
+            continue
+        handled.add(name)
+        if fn is None:  # the library knows it, but these scores lack its signal
+            continue
+        try:
+            values = np.asarray(fn(), dtype=float).reshape(-1)
+            if values.shape != (n_train,):
+                raise DataError(f"it gave {values.size} values for {n_train} training reviews")
+        except Exception as err:  # noqa: BLE001 - reported by name; the other rankings still show
+            if not isinstance(err, InfluenceError):
+                log.exception("ranking %s failed", name)
+            out.failed[name] = str(err) if isinstance(err, InfluenceError) else f"{type(err).__name__}: {err}"
+            continue
+        out[name] = values
+    if not out:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in out.failed.items())
+        raise DataError(f"no mislabel ranking could be computed ({reasons})")
+    return out
+
+
+class Rankings(dict):
+    """``{name: [n_train]}`` suspicion scores, and ``failed``: ``{name: reason}`` for those that could not be computed."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed: dict[str, str] = {}
+
+
+class _Absent(Exception):
+    """A ranking whose signal the scores do not have (e.g. no self-influence was computed): left out, not a failure."""
+
+
+def _library_rankings(analysis: Analysis, k: int, layers: list[str] | None) -> dict[str, Callable[[], np.ndarray] | None]:
+    """One function per ranking of ``influence_core.mislabel`` (the numbers of its ``rankings``), in its order; empty
+    when that module is absent. None for a ranking whose signal the scores lack (left out, as there)."""
     try:
         from influence_core import mislabel
+    except ImportError:
+        return {}
+    cache: dict[str, object] = {}
 
-        for name, values in mislabel.rankings(analysis.scores, k=k, layers=chosen).items():
-            values = np.asarray(values, dtype=float).reshape(-1)
-            if values.shape == (analysis.scores.n_train,):
-                out[str(name)] = values
-    except (ImportError, AttributeError, InfluenceError, TypeError, ValueError, KeyError):
-        pass
-    for name, (_, fn) in RANKINGS.items():
-        if name not in out:
-            out[name] = np.asarray(fn(analysis, k, chosen), dtype=float)
-    return out
+    def signals():
+        if "signals" not in cache:
+            cache["signals"] = mislabel.TrainingSignals.from_table(analysis.scores)
+        return cache["signals"]
+
+    def present(values):
+        if values is None:
+            raise _Absent
+        return values
+
+    parts = {
+        "self_influence": lambda: present(signals().self_total(k, layers)),
+        "trusted_influence": lambda: -present(signals().trusted_total(k, layers)),
+        "relative_harm": lambda: -present(signals().relative_total(k, layers)),
+        "loss": lambda: mislabel.label_losses(signals().train_probs, signals().train_labels),
+        "margin": lambda: mislabel.negative_margins(signals().train_probs, signals().train_labels),
+    }
+
+    def part(name):
+        def compute():
+            if name not in cache:
+                cache[name] = parts[name]()
+            return cache[name]
+
+        return compute
+
+    def combined():
+        used = {}
+        for name in mislabel.COMBINED_PARTS:
+            try:
+                used[name] = part(name)()
+            except _Absent:  # skipped, as mislabel_scores does
+                continue
+        return mislabel.combine(used)
+
+    chosen = {name: part(name) for name in mislabel.RANKINGS if name in parts}
+    if "combined" in mislabel.RANKINGS:
+        chosen["combined"] = combined
+    available = {}
+    for name, fn in chosen.items():
+        try:
+            fn()
+        except _Absent:
+            fn = None
+        except Exception:  # noqa: BLE001 - computed again and reported by rankings()
+            pass
+        available[name] = fn
+    return available
+
+
+#: The Mislabel finder's default "Rank by": the combined ranking when ``influence_core.mislabel`` provides it.
+DEFAULT_RANKING = "combined"
+
+
+def default_ranking(names: Sequence[str]) -> str:
+    """The ranking the Mislabel finder starts with (and the Tour shows): ``combined`` if present, else the first."""
+    names = list(names)
+    if not names:
+        raise DataError("no mislabel ranking is available")
+    return DEFAULT_RANKING if DEFAULT_RANKING in names else names[0]
+
+
+def planted_errors(train: pd.DataFrame) -> np.ndarray | None:
+    """``[n_train]`` bool from a ``planted_error`` column (the demo's answer key), or None without one."""
+    if "planted_error" not in train:
+        return None
+    return train["planted_error"].astype(str).str.lower().isin(["1", "true"]).to_numpy()
+
+
+@dataclass(frozen=True)
+class TourStory:
+    """The reviews the Tour talks about, chosen without looking at any answer key.
+
+    Attributes:
+        ranking: The Mislabel finder's default ranking (see :func:`default_ranking`).
+        suspect: Training position that ranking puts first.
+        suspect_planted: Whether the suspect is a planted error; None when the data has no ``planted_error``.
+        victim: Test position the suspect harms most (its most negative influence).
+        helpful: The two training positions most helpful for the victim, most helpful first.
+        harmful: The two most harmful for the victim, most harmful first.
+    """
+
+    ranking: str
+    suspect: int
+    suspect_planted: bool | None
+    victim: int
+    helpful: tuple[int, ...]
+    harmful: tuple[int, ...]
+
+    @property
+    def most_helpful(self) -> int:
+        return self.helpful[0]
+
+    @property
+    def most_harmful(self) -> int:
+        return self.harmful[0]
+
+    @property
+    def bars(self) -> list[int]:
+        """Training positions for the "why" chart: most helpful, second, ..., second most harmful, most harmful."""
+        return [*self.helpful, *reversed(self.harmful)]
+
+
+def tour_story(analysis: Analysis, k: int, layers: Sequence[str] | None = None) -> TourStory:
+    """The Tour's suspect, victim and cards for damping index ``k`` over ``layers`` (all when None).
+
+    The suspect is what the Mislabel finder ranks first by its default ranking; whether it is a planted error is
+    reported afterwards, never used to choose it.
+    """
+    scores_by_name = rankings(analysis, k, layers)
+    name = default_ranking(list(scores_by_name))
+    suspicion = np.nan_to_num(np.asarray(scores_by_name[name], dtype=float), nan=-np.inf)
+    suspect = int(np.argsort(-suspicion, kind="stable")[0])
+    matrix = analysis.influence(k, layers)
+    victim = int(np.argmin(matrix[:, suspect]))
+    order = np.argsort(-matrix[victim], kind="stable")
+    planted = planted_errors(analysis.train)
+    return TourStory(
+        ranking=name, suspect=suspect, suspect_planted=None if planted is None else bool(planted[suspect]),
+        victim=victim, helpful=tuple(int(j) for j in order[:2]), harmful=tuple(int(j) for j in order[::-1][:2]),
+    )

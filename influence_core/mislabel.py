@@ -80,6 +80,10 @@ class TrainingSignals:
         trusted_relative: ``sum_q I(q, m) / sqrt(I(q, q))`` over the trusted slice, shape [K, L, n_train], where
             ``I(q, q)`` is the trusted example's self-influence over *all* layers at that damping; None without a
             trusted slice. :meth:`relative_total` divides it by ``sqrt(I(m, m))`` and ``n_trusted``.
+        trusted_pairwise: ``I(q, m)`` per trusted example, shape [K, L, n_trusted, n_train], and
+        trusted_self_influence: ``I(q, q)``, shape [K, L, n_trusted]: kept by :meth:`from_table` (references to
+            the table's arrays, no copy) so that :meth:`relative_total` normalises over the chosen layers exactly
+            as :meth:`ScoreTable.relative` does. None for one-pass signals.
     """
 
     dampings: np.ndarray
@@ -91,6 +95,8 @@ class TrainingSignals:
     n_trusted: int = 0
     meta: dict = field(default_factory=dict)
     trusted_relative: np.ndarray | None = None
+    trusted_pairwise: np.ndarray | None = None
+    trusted_self_influence: np.ndarray | None = None
 
     @classmethod
     def from_table(cls, table: ScoreTable) -> TrainingSignals:
@@ -105,7 +111,8 @@ class TrainingSignals:
         return cls(dampings=np.asarray(table.dampings), layers=list(table.layers), self_influence=table.self_influence,
                    trusted_influence=trusted, train_probs=np.asarray(table.train_probs),
                    train_labels=np.asarray(table.train_labels), n_trusted=table.n_test, meta=dict(table.meta),
-                   trusted_relative=relative)
+                   trusted_relative=relative, trusted_pairwise=table.pairwise if table.n_test else None,
+                   trusted_self_influence=table.test_self_influence if table.n_test else None)
 
     @property
     def n_train(self) -> int:
@@ -133,9 +140,24 @@ class TrainingSignals:
 
     def relative_total(self, k: int = 0, layers: Sequence[str] | None = None) -> np.ndarray | None:
         """Mean relative influence on the trusted slice, ``mean_q I(q, m) / sqrt(I(q, q) I(m, m))``, shape
-        [n_train] in [-1, 1] (positive = helpful), or None. ``I(m, m)`` is summed over ``layers``, ``I(q, q)``
-        over all layers; examples with zero self-influence get 0."""
-        if self.trusted_relative is None or self.self_influence is None or not self.n_trusted:
+        [n_train] in [-1, 1] (positive = helpful), or None; pairs with a zero self-influence count 0.
+
+        With per-example trusted scores (:meth:`from_table`) every term, ``I(q, m)``, ``I(q, q)`` and ``I(m, m)``,
+        is summed over ``layers``: the mean over q of ``ScoreTable.relative(k, layers)``, the table's relative
+        influence. One-pass signals (:func:`training_signals`) only keep ``sum_q I(q, m) / sqrt(I(q, q))``, so
+        there ``I(q, q)`` spans every layer while ``I(q, m)`` and ``I(m, m)`` follow ``layers``; the two agree
+        when ``layers`` is None.
+        """
+        if self.self_influence is None or not self.n_trusted:
+            return None
+        if self.trusted_pairwise is not None and self.trusted_self_influence is not None:
+            index = self._layer_index(layers)
+            pairwise = self.trusted_pairwise[k, index].sum(axis=0)  # [n_trusted, n_train]
+            q_self = self.trusted_self_influence[k, index].sum(axis=0)  # [n_trusted]
+            denominator = np.sqrt(np.outer(q_self, self.self_total(k, layers)))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(denominator > 0, pairwise / denominator, 0.0).mean(axis=0)
+        if self.trusted_relative is None:
             return None
         norms = np.sqrt(np.clip(self.self_total(k, layers), 0.0, None))
         summed = self.trusted_relative[k, self._layer_index(layers)].sum(axis=0)
@@ -144,7 +166,8 @@ class TrainingSignals:
 
 
 def training_signals(engine, train_texts, train_labels, trusted_texts=None, trusted_labels=None, *,
-                     dampings: Sequence[float] | None = None, progress: Progress | None = None) -> TrainingSignals:
+                     dampings: Sequence[float] | None = None, progress: Progress | None = None,
+                     distributed=None) -> TrainingSignals:
     """Self-influence, summed influence on the trusted slice and predictions from one training-gradient pass.
 
     The trusted slice's gradients are rotated and *summed* before the training pass, so memory does not
@@ -157,10 +180,15 @@ def training_signals(engine, train_texts, train_labels, trusted_texts=None, trus
         train_texts, train_labels: The training examples to rank (n_train).
         trusted_texts, trusted_labels: The trusted slice, or None.
         dampings: Damping values to compute (default: the engine's).
+        distributed: A :class:`~influence_core.engine.distributed.Distributed`: each rank takes its shard of the
+            training examples (the trusted slice is summed on every rank) and every rank gets all the signals.
 
     Returns:
         TrainingSignals with arrays [K, L, n_train].
     """
+    if distributed is not None and distributed.active:
+        return _sharded_signals(engine, train_texts, train_labels, trusted_texts, trusted_labels, dampings,
+                                progress, distributed)
     import torch
 
     from influence_core.engine.batches import num_batches
@@ -210,6 +238,36 @@ def training_signals(engine, train_texts, train_labels, trusted_texts=None, trus
         trusted_influence=block[:, :, 0, :] if trusted is not None else None, train_probs=probs,
         train_labels=train.labels.copy(), n_trusted=n_trusted,
         meta={"config": engine.config.key(), "fingerprint": engine.fingerprint}, trusted_relative=relative,
+    )
+
+
+def _sharded_signals(engine, train_texts, train_labels, trusted_texts, trusted_labels, dampings, progress,
+                     distributed) -> TrainingSignals:
+    """:func:`training_signals` on this rank's shard of the training examples, gathered in the original order."""
+    from influence_core.engine.distributed import digest_encoded, factors_key
+
+    train = engine.encode(train_texts, train_labels)
+    trusted = None if trusted_texts is None else engine.encode(trusted_texts, trusted_labels)
+    index = distributed.shard(len(train))
+    inputs = {"fingerprint": engine.fingerprint, "config": engine.config.key(), "train": digest_encoded(train),
+              "trusted": None if trusted is None else digest_encoded(trusted), "rows": index.tolist(),
+              "dampings": list(map(float, dampings or [])), "factors": factors_key(engine)}
+    keys = ("self_influence", "trusted_influence", "trusted_relative", "train_probs", "train_labels")
+    with distributed.guard("mislabel signals"):
+        def compute():
+            local = training_signals(engine, train.subset(index), None, trusted, None, dampings=dampings,
+                                     progress=progress)
+            return {"dampings": local.dampings, **{key: getattr(local, key) for key in keys}}
+
+        arrays = distributed.resumable("mislabel-signals", inputs, compute)
+    merged = distributed.gather_rows({key: arrays[key] for key in keys}, index, len(train),
+                                     {key: -1 for key in keys[:3]})
+    distributed.log(f"mislabel signals of {len(index)} of {len(train)} training examples")
+    return TrainingSignals(
+        dampings=np.asarray(arrays["dampings"]), layers=list(engine.layers),
+        n_trusted=0 if trusted is None else len(trusted),
+        meta={"config": engine.config.key(), "fingerprint": engine.fingerprint, "world_size": distributed.world_size},
+        **merged,
     )
 
 

@@ -7,7 +7,7 @@ import streamlit as st
 
 from explorer import figures
 from explorer import ui as common
-from explorer.highlight import highlight_tokens, legend_html, text_html
+from explorer.highlight import display_tokens, legend_html, shared_scale, text_html, tokens_html
 
 common.ensure_frame()
 st.title("Explain a prediction")
@@ -63,17 +63,19 @@ common.figure(
 
 if highlight:
     st.html(legend_html())
-norm = None
 if relative:
-    self_test = analysis.scores.test_self_total(out.k, out.layers)[q]
-    self_train = analysis.scores.self_total(out.k, out.layers)
+    self_test = analysis.scores.test_self_total(out.k, out.layers or None)[q]
+    self_train = analysis.scores.self_total(out.k, out.layers or None)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def token_scores(analysis_key: str, damping: float, q: int, m: int, _spec, _test, _train) -> tuple[list[str], np.ndarray]:
+def token_scores(analysis_key: str, damping: float, q: int, m: int, layers: tuple[str, ...], _spec, _test,
+                 _train) -> tuple[list[str], np.ndarray, float]:
+    """Tokens of training review ``m``, their scores ``[T]`` over ``layers`` (all when empty) and the pooled share."""
     engine = common.model_store().engine(_spec)
-    result = engine.token_influence(_test[0], _test[1], _train[0], _train[1], damping=damping)
-    return list(result.tokens), np.asarray(result.scores)
+    result = engine.token_influence(_test[0], _test[1], _train[0], _train[1], damping=damping,
+                                    layers=list(layers) or None)
+    return list(result.tokens), np.asarray(result.scores), float(result.pooled)
 
 
 def card(j: int, kind: str):
@@ -105,19 +107,24 @@ with right:
         slots[j] = card(j, "Harmful")
 
 if highlight and slots:
-    # every card is on the page already; tokens are scored one review at a time and swapped in
+    # every card is on the page already; tokens are scored one review at a time, then all are swapped in on one
+    # colour scale (the largest |token score| over every card shown)
     status = st.empty()
-    for number, (j, slot) in enumerate(slots.items(), start=1):
+    pieces = {}
+    for number, j in enumerate(slots, start=1):
         status.caption(f"Scoring tokens: review {number} of {len(slots)}…")
-        tokens, scores = token_scores(
-            analysis.key, out.damping, q, j, out.spec,
+        tokens, scores, pooled = token_scores(
+            analysis.key, out.damping, q, j, tuple(out.layers or ()), out.spec,
             (analysis.test["text"].iloc[q], label), (analysis.train["text"].iloc[j], int(analysis.train["label"].iloc[j])),
         )
-        if relative:
-            denominator = float(np.sqrt(max(self_test * self_train[j], 0.0))) or 1.0
-            scores = scores / denominator
-        slot.html(highlight_tokens(tokens, scores))
+        # relative influence divides the card's score by sqrt(I(q, q) I(m, m)); its tokens are divided alike
+        denominator = float(np.sqrt(max(self_test * self_train[j], 0.0))) if relative else 1.0
+        pieces[j] = display_tokens(tokens, scores, pooled=pooled, denominator=denominator)
+    scale = shared_scale(list(pieces.values()))
+    for j, slot in slots.items():
+        slot.html(tokens_html(pieces[j], scale=scale))
     status.empty()
 if highlight:
-    st.caption("Token scores use every analysed layer at the chosen damping; the pooler and classifier layers see "
-               "one vector per review and are credited to the first token.")
+    st.caption("Token scores use the layers of this view at the chosen damping and add up to each card's score. "
+               "The pooler and classifier layers see one vector per review: their share, with the special tokens', "
+               "is the [pooled] chip. Every card shares one colour scale.")

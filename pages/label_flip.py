@@ -45,30 +45,36 @@ if binary:
     after = analysis.scores.flipped(flip).total(out.k, out.layers)
     method = "closed form"
 else:
-    key = f"flip-{analysis.key}-{out.k}-{stable_hash(np.flatnonzero(flip).tolist())}"
+    key = (f"flip-{analysis.key}-{out.k}-{stable_hash(list(out.layers or []))}-"
+           f"{stable_hash(np.flatnonzero(flip).tolist())}")
     job = common.job_runner().get(key)
     if job is None or job.status not in ("done",):
         cost = cost.estimate_cost(out.spec, n_train, analysis.scores.n_test)
         st.caption(f"{len(analysis.label_names)} classes: each flipped review gets the next class, and the scores are "
                    f"recomputed (one pass over the training reviews): {cost.describe()}.")
         if (job is None or not job.running) and st.button("Recompute with flipped labels", type="primary"):
-            spec, store, k = out.spec, common.model_store(), out.k
+            spec, store, k, layers = out.spec, common.model_store(), out.k, out.layers
             common.job_runner().start(
-                lambda progress: views.recompute_flipped(spec, store, analysis, flip, k, progress), key=key,
+                lambda progress: views.recompute_flipped(spec, store, analysis, flip, k, layers, progress), key=key,
                 name="Recompute flipped influences",
             )
             st.rerun()
         common.job_panel(key)
         st.stop()
     after = job.result
-    method = "recomputed (all layers)"
+    method = "recomputed"
 
-changed = views.sign_changes(before, after)
+TOP_K = min(10, n_train)
+overlap = views.top_k_overlap(before, after, TOP_K)
 cols = st.columns(4)
 cols[0].metric("Flipped training reviews", int(flip.sum()))
-cols[1].metric("Pairs that change sign", f"{changed}", help="helpful ↔ harmful")
-cols[2].metric("Share of pairs", f"{changed / before.size:.1%}")
-cols[3].metric("Method", method)
+cols[1].metric("Explanations that change", f"{int((overlap < 1).sum())} of {len(overlap)}",
+               help=f"Test reviews whose {TOP_K} most helpful training reviews are no longer the same set after the "
+                    "flip: their explanation on the Explain page would change.")
+cols[2].metric(f"Top-{TOP_K} helpers kept", f"{overlap.mean():.0%}" if len(overlap) else "–",
+               help=f"On average, the share of a test review's {TOP_K} most helpful training reviews that stay among "
+                    f"its top {TOP_K} after the flip (100% = every explanation unchanged).")
+cols[3].metric("Method", method, help="Layers: the view's selection, before and after.")
 
 q_count = c4.number_input("Test reviews shown", 1, max(1, analysis.scores.n_test), min(20, analysis.scores.n_test),
                           key="fl_rows", bind="query-params")
@@ -109,5 +115,6 @@ flipped_idx = np.flatnonzero(flip)
 frame = common.reviews_table(analysis, "train", flipped_idx)
 frame["mean influence before"] = before[:, flipped_idx].mean(axis=0)
 frame["mean influence after"] = after[:, flipped_idx].mean(axis=0)
-frame["pairs changing sign"] = (np.sign(before[:, flipped_idx]) * np.sign(after[:, flipped_idx]) < 0).sum(axis=0)
+frame[f"top-{TOP_K} helper for, before"] = views.helper_counts(before, flipped_idx, TOP_K)
+frame[f"top-{TOP_K} helper for, after"] = views.helper_counts(after, flipped_idx, TOP_K)
 common.table(pd.DataFrame(frame), "flipped_reviews", key="fl_table")

@@ -32,6 +32,8 @@ by_layer = {name: scores.pairwise[out.k, scores.layers.index(name), q, top] for 
 hover = analysis.train_hover()
 
 st.subheader("Layerwise influence on one test review")
+st.caption("One row per layer, one column per training review (most helpful on the left); the columns add up to "
+           "the review's total influence.")
 common.figure(
     figures.layerwise_bars(by_layer, names=[f"#{j}" for j in top], hover=[hover[j] for j in top]),
     f"layerwise_test_{q}", key="ly_bars",
@@ -42,7 +44,7 @@ scope = st.radio("Over", ["this test review", "all test reviews"], horizontal=Tr
 shares = views.layer_shares(scores, out.k, layers, q if scope == "this test review" else None)
 common.figure(figures.layer_share_figure(shares), "layer_shares", key="ly_share")
 common.table(
-    pd.DataFrame({"layer": list(shares), "share": list(shares.values())}),
+    pd.DataFrame({"layer": [common.short_layer(name) for name in shares], "share": list(shares.values())}),
     "layer_shares", key="ly_share_table", column_config={"share": st.column_config.NumberColumn(format="percent")},
 )
 

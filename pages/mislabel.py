@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import figures, retraining, views
+from explorer import cost, figures, retraining, views
 from explorer import marks as review_marks
 from explorer import ui as common
 from explorer.analysis import ground_truth_columns
@@ -24,14 +24,21 @@ st.caption(
 out, analysis = common.require_analysis()
 train = analysis.train
 scores_by_name = views.rankings(analysis, out.k, out.layers)
+for failed, reason in getattr(scores_by_name, "failed", {}).items():
+    st.warning(f"The {failed.replace('_', ' ')} ranking could not be computed: {reason}", icon=":material/warning:")
 names = list(scores_by_name)
 helps = views.ranking_help()
 store = review_marks.MarkStore.for_data(out.spec.train_data)
-marks = store.load()
+try:
+    marks = store.load()
+except review_marks.MarksFileError as err:  # the unreadable file was kept aside, not overwritten
+    st.warning(str(err), icon=":material/warning:")
+    marks = store.load()
 row_ids = train["row_id"].to_numpy()
 
 c1, c2 = st.columns([2, 1])
-rank_by = c1.selectbox("Rank by", names, key="mf_rank", bind="query-params", format_func=lambda n: n.replace("_", " "),
+rank_by = c1.selectbox("Rank by", names, index=names.index(views.default_ranking(names)), key="mf_rank",
+                       bind="query-params", format_func=lambda n: n.replace("_", " "),
                        help="  \n".join(f"**{n.replace('_', ' ')}**: {helps.get(n, '')}" for n in names))
 hide_marked = c2.toggle("Hide reviewed", value=True, key="mf_hide", bind="query-params")
 order = np.argsort(-np.nan_to_num(scores_by_name[rank_by], nan=-np.inf), kind="stable")
@@ -162,8 +169,11 @@ if len(flags):
 st.subheader("Fix and retrain")
 st.caption(
     f"Fine-tune the model's own recipe ({'the demo recipe' if out.spec.model.kind == 'demo' else out.spec.model.name}) on the cleaned "
-    "reviews, compare test accuracy and loss with the model under study, and score the retrained model on the same "
-    "layers and damping. 'Before' is the model under study as it is."
+    "reviews and score it on the same layers and damping. Accuracy and loss compare like with like: 'before' is the "
+    f"same recipe fine-tuned on the {len(train)} analysed training reviews as they are (uncleaned), 'after' on the "
+    "cleaned ones, so the two differ only in your marks. The heatmaps compare the model under study with the "
+    f"retrained one. The two fine-tunes take {cost.estimate_finetune(out.spec, len(train), runs=2).describe()} "
+    "(the 'before' one is cached)."
 )
 changed = n_dropped + n_relabelled
 retrain_key = f"retrain-{analysis.key}-{out.k}-{stable_hash(cleaned[['row_id', 'label']].to_numpy().tolist())}"
@@ -233,7 +243,10 @@ if q is not None:
     cf_key = f"cf-{analysis.key}-{out.k}-{stable_hash(list(out.layers or []))}-{q}-{int(k_remove)}-{int(draws)}"
     cf_job = common.job_runner().get(cf_key)
     if cf_job is None or cf_job.status != "done":
-        st.caption(f"{2 + int(draws)} fine-tunes (the one on every review is cached and shared between test reviews).")
+        runs = 2 + int(draws)
+        estimate = cost.estimate_finetune(out.spec, len(train), runs=runs)
+        st.caption(f"{runs} fine-tunes on the {len(train)} analysed training reviews (minus k for all but one): "
+                   f"{estimate.describe()}. The one on every review is cached and shared between test reviews.")
         if (cf_job is None or not cf_job.running) and st.button("Run the check", key="cf_run", type="primary",
                                                                  icon=":material/science:"):
             spec, kk, nd = out.spec, int(k_remove), int(draws)

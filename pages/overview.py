@@ -88,14 +88,19 @@ if sentence.strip():
             f"**Prediction: {analysis.name(label)}** ({result['proba'][label]:.1%} confident). "
             "Training reviews most responsible:"
         )
-        order = np.argsort(-scores)
-        top = np.concatenate([order[:5], order[::-1][:5]])
+        order = np.argsort(-scores, kind="stable")
+        helpful = [int(j) for j in order[:5] if scores[j] > 0]
+        harmful = [int(j) for j in order[::-1][:5] if scores[j] < 0 and int(j) not in helpful]
+        top = np.array(helpful + harmful, dtype=int)  # each training review once, most helpful first
         frame = common.reviews_table(analysis, "train", top, scores)
-        frame.insert(0, "effect", ["helpful"] * 5 + ["harmful"] * 5)
+        frame.insert(0, "effect", ["helpful"] * len(helpful) + ["harmful"] * len(harmful))
         common.table(
             frame, "sentence_influence", key="try_table",
-            column_config={"influence": st.column_config.NumberColumn(format="%.4g"),
-                           "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1, format="%.2f")},
+            column_config={"train": st.column_config.NumberColumn("train", width="small"),
+                           "row_id": st.column_config.NumberColumn("row_id", width="small"),
+                           "influence": st.column_config.NumberColumn(format="%.4g"),
+                           "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1, format="%.2f"),
+                           "text": st.column_config.TextColumn("text", width="large")},
         )
 
 with st.expander("Test reviews and predictions"):

@@ -19,13 +19,11 @@ scores = analysis.scores
 matrix = analysis.influence(out.k, out.layers)
 train, test = analysis.train, analysis.test
 self_influence = scores.self_total(out.k, out.layers)
-suspicion = np.argsort(-self_influence, kind="stable")
-planted = train["planted_error"].astype(str).str.lower().isin(["1", "true"]).to_numpy() if "planted_error" in train else None
-# the suspect: the most self-influential review that is a planted error (on the demo), else the most self-influential
-candidates = [int(j) for j in suspicion[:50] if planted is not None and planted[j]]
-suspect = candidates[0] if candidates else int(suspicion[0])
-victim = int(np.argmin(matrix[:, suspect]))  # the test review it harms most
-suspect_rank = int(np.flatnonzero(suspicion == suspect)[0]) + 1
+suspicion = np.argsort(-self_influence, kind="stable")  # the report's table of suspects (by self-influence)
+planted = views.planted_errors(train)
+# the suspect is what the Mislabel finder ranks first by default; the answer key is only consulted afterwards
+story = views.tour_story(analysis, out.k, out.layers)
+suspect, victim = story.suspect, story.victim
 binary = len(analysis.label_names) == 2
 
 def number(value: float) -> str:
@@ -41,7 +39,9 @@ def go(delta: int) -> None:
     st.session_state["step"] = STEPS[min(max(STEPS.index(current) + delta, 0), len(STEPS) - 1)]
 
 
-step = st.segmented_control("Step", STEPS, default=STEPS[0], key="step", bind="query-params", required=True,
+if st.session_state.get("step") not in STEPS:  # a default set through the Session State API, not default=
+    st.session_state["step"] = STEPS[0]
+step = st.segmented_control("Step", STEPS, key="step", bind="query-params", required=True,
                             label_visibility="collapsed") or STEPS[0]
 index = STEPS.index(step)
 
@@ -67,27 +67,30 @@ if index == 0:
     )
 elif index == 1:
     st.subheader("Some training reviews helped, some pulled the other way")
-    order = np.argsort(-matrix[victim])
     st.markdown("**Influence** measures how much each training review pushed the model towards the right label for "
                 "this review. Positive (blue) helped; negative (red) hurt.")
-    top = [int(j) for j in order[:2]] + [int(j) for j in order[::-1][:2]]
+    top = story.bars
     hover = analysis.train_hover()
     common.figure(figures.influence_bars(matrix[victim, top], [f"#{j}" for j in top], [hover[j] for j in top]),
                   "tour_why", key="tour_bars")
     left, right = st.columns(2)
     with left:
-        review_card("train", top[0], f"Most helpful: training review #{top[0]}")
+        review_card("train", story.most_helpful, f"Most helpful: training review #{story.most_helpful}")
     with right:
-        review_card("train", top[-1], f"Most harmful: training review #{top[-1]}")
+        review_card("train", story.most_harmful, f"Most harmful: training review #{story.most_harmful}")
 elif index == 2:
     st.subheader("The mislabel finder flags a suspicious training review")
     review_card("train", suspect, f"Training review #{suspect}")
     extra = ""
-    if planted is not None and planted[suspect]:
+    if story.suspect_planted is True:
         extra = " On the demo data we know the answer: this label was **flipped on purpose** (a planted error)."
+    elif story.suspect_planted is False:
+        extra = (" On the demo data we know the answer: this one was **not** one of the planted errors. The finder "
+                 "is a ranking to review, not a verdict.")
     st.markdown(
-        f"It ranks **#{suspect_rank} of {scores.n_train}** by self-influence: the model had to bend the most to fit "
-        f"its label *{analysis.name(train['label'].iloc[suspect])}*, a sign the label may be wrong.{extra}"
+        f"The Mislabel finder ranks it **first of {scores.n_train}** by its default ranking, "
+        f"*{story.ranking.replace('_', ' ')}*: {views.ranking_help().get(story.ranking, '')} Its label is "
+        f"*{analysis.name(train['label'].iloc[suspect])}*; the model may well disagree.{extra}"
     )
 elif index == 3:
     st.subheader("A wrong label hurts other predictions")
@@ -103,17 +106,19 @@ elif index == 3:
                                          title=f"Training review #{suspect} on the test reviews it harms most"),
                   "tour_harm", key="tour_harm")
 else:
-    st.subheader("Fixing the label turns harm into help")
+    st.subheader("Fixing the label changes which predictions it helps")
     if binary:
         flip = np.zeros(scores.n_train, dtype=bool)
         flip[suspect] = True
         after = scores.flipped(flip).total(out.k, out.layers)[:, suspect]
         before = matrix[:, suspect]
         turned = int(((before < 0) & (after > 0)).sum())
+        soured = int(((before > 0) & (after < 0)).sum())
         st.markdown(
-            f"With its label corrected to *{analysis.name(1 - int(train['label'].iloc[suspect]))}*, review #{suspect} "
-            f"turns from harmful to **helpful for {turned} test reviews**. On test review #{victim} its influence "
-            f"goes from {number(before[victim])} to **{number(after[victim])}**."
+            f"With its label changed to *{analysis.name(1 - int(train['label'].iloc[suspect]))}*, review #{suspect} "
+            f"turns from harmful to **helpful for {turned} test reviews** and from helpful to harmful for "
+            f"**{soured}**. On test review #{victim} its influence goes from {number(before[victim])} to "
+            f"**{number(after[victim])}**."
         )
         shown = np.argsort(-np.abs(before))[:15]
         shown = shown[np.argsort(before[shown])]

@@ -128,11 +128,15 @@ def test_mislabel_scores_on_a_table():
                                    "rank"]
     np.testing.assert_allclose(frame["self_influence"], table.self_total(1, ["b"]))
     np.testing.assert_allclose(frame["trusted_influence"], -table.total(1, ["b"]).sum(axis=0))
-    # relative harm: -mean_q I(q, m) / sqrt(I(q, q) I(m, m)), with I(q, q) over all layers, written out
-    q_norm = np.sqrt(table.test_self_total(1))
+    # relative harm: -mean_q I(q, m) / sqrt(I(q, q) I(m, m)), every term over the chosen layers, written out
+    q_norm = np.sqrt(table.test_self_total(1, ["b"]))
     m_norm = np.sqrt(table.self_total(1, ["b"]))
     expected_relative = -(table.total(1, ["b"]) / np.outer(q_norm, m_norm)).mean(axis=0)
     np.testing.assert_allclose(frame["relative_harm"], expected_relative)
+    # one definition: the ranking is the mean of the table's relative influence over the same layers
+    np.testing.assert_allclose(frame["relative_harm"], -table.relative(1, ["b"]).mean(axis=0))
+    np.testing.assert_allclose(rankings(table, k=1, layers=["b"])["relative_harm"],
+                               -table.relative(1, ["b"]).mean(axis=0))
     np.testing.assert_allclose(mislabel_scores(table, k=1)["relative_harm"], -table.relative(1).mean(axis=0))
     np.testing.assert_allclose(frame["loss"], table.train_losses())
     p_given = table.train_probs[np.arange(6), table.train_labels]

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from influence_core.cli import clean_and_retrain, finetune, fit, mislabels, scores, self_influence
+from influence_core.cli import clean_and_retrain, finetune, fit, index, mislabels, query, scores, self_influence
+from influence_core.engine.distributed import PeerFailure
 from influence_core.errors import InfluenceError
 
 #: The commands in the order ``--help`` lists them.
-COMMANDS = (fit, scores, self_influence, finetune, mislabels, clean_and_retrain)
+COMMANDS = (fit, scores, self_influence, finetune, mislabels, clean_and_retrain, index, query)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(done.code or 0)
     try:
         return int(args.func(args) or 0)
+    except PeerFailure:  # under torchrun: the failing rank prints the one line, its peers stop quietly
+        return 2
     except InfluenceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from influence_core.cli.distributed import add_options, context, progress_bar
 from influence_core.cli.inputs import (
     add_engine_options,
     add_model_options,
@@ -14,7 +15,6 @@ from influence_core.cli.inputs import (
     make_engine,
     read_examples,
 )
-from influence_core.cli.progress import Bar
 
 
 def add_parser(sub) -> None:
@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--data", required=True, help="examples to fit on (.csv, .tsv, .parquet, .jsonl)")
     add_engine_options(parser)
     parser.add_argument("--out", required=True, help="factors file to write, e.g. factors.safetensors")
+    add_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -33,7 +34,11 @@ def run(args: argparse.Namespace) -> int:
     engine = make_engine(args, loaded)
     data = aligned(data, loaded)
     start = time.perf_counter()
-    factors = engine.fit(data["text"].tolist(), data["label"].tolist(), progress=Bar("fit"))
+    distributed = context(args)
+    factors = engine.fit(data["text"].tolist(), data["label"].tolist(), progress=progress_bar(args, "fit"),
+                         distributed=distributed)
+    if not distributed.is_main:
+        return 0
     factors.save(out)
     print(f"saved factors for {len(engine.layers)} layers fitted on {len(data)} examples to {out} "
           f"({time.perf_counter() - start:.1f} s)")

@@ -98,7 +98,7 @@ def make_engine(args: argparse.Namespace, loaded: LoadedModel) -> InfluenceEngin
 
 def prepare_factors(engine: InfluenceEngine, args: argparse.Namespace, loaded: LoadedModel, default_fit: str) -> None:
     """Load ``--factors``, or fit on ``--fit`` (default ``default_fit``); nothing for ``identity``."""
-    from influence_core.cli.progress import Bar
+    from influence_core.cli.distributed import context, progress_bar
 
     if engine.config.method == "identity":
         return
@@ -106,7 +106,8 @@ def prepare_factors(engine: InfluenceEngine, args: argparse.Namespace, loaded: L
         engine.load_factors(args.factors)
         return
     fit = aligned(read_examples(getattr(args, "fit", None) or default_fit, args), loaded)
-    engine.fit(fit["text"].tolist(), fit["label"].tolist(), progress=Bar("fit"))
+    engine.fit(fit["text"].tolist(), fit["label"].tolist(), progress=progress_bar(args, "fit"),
+               distributed=context(args))
 
 
 def check_out(path: str) -> Path:

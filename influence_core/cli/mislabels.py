@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from influence_core.cli.distributed import add_options, context, progress_bar
 from influence_core.cli.inputs import (
     add_engine_options,
     add_factor_source,
@@ -16,7 +17,6 @@ from influence_core.cli.inputs import (
     prepare_factors,
     read_examples,
 )
-from influence_core.cli.progress import Bar
 from influence_core.mislabel import mislabel_scores, probabilities_from_table, training_signals
 from influence_core.sources.data import read_table
 
@@ -36,6 +36,7 @@ def add_parser(subparsers) -> None:
     add_factor_source(parser)
     add_engine_options(parser)
     parser.add_argument("--out", required=True, help="output CSV: the input rows plus the rankings and rank")
+    add_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -52,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     prepare_factors(engine, args, loaded, args.train)
     signals = training_signals(engine, train["text"].tolist(), train["label"].to_numpy(),
                                None if trusted is None else trusted["text"].tolist(),
-                               None if trusted is None else trusted["label"].to_numpy(), progress=Bar("mislabels"))
+                               None if trusted is None else trusted["label"].to_numpy(),
+                               progress=progress_bar(args, "mislabels"), distributed=context(args))
+    if not context(args).is_main:
+        return 0
     scores = mislabel_scores(signals, probs=probs)
     rows = raw.reset_index(drop=True)
     for name in scores.columns:

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from influence_core.cli.distributed import add_options, context, progress_bar
 from influence_core.cli.inputs import (
     add_engine_options,
     add_factor_source,
@@ -18,7 +19,6 @@ from influence_core.cli.inputs import (
     prepare_factors,
     read_examples,
 )
-from influence_core.cli.progress import Bar
 
 
 def add_parser(sub) -> None:
@@ -28,7 +28,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--test", required=True, help="test examples whose predictions are explained")
     add_factor_source(parser)
     add_engine_options(parser)
-    parser.add_argument("--out", required=True, help="output .npz: influences, layer:<name>, self_influence, layers")
+    parser.add_argument("--out", required=True,
+                        help="output .npz: influences, layer:<name>, self_influence, layers, world_size")
+    add_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -41,8 +43,11 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     prepare_factors(engine, args, loaded, args.train)
     table = engine.score(test["text"].tolist(), test["label"].tolist(), train["text"].tolist(),
-                         train["label"].tolist(), progress=Bar("scores"))
-    arrays = {"influences": table.total(0), "self_influence": table.self_total(0), "layers": np.array(table.layers)}
+                         train["label"].tolist(), progress=progress_bar(args, "scores"), distributed=context(args))
+    if not context(args).is_main:
+        return 0
+    arrays = {"influences": table.total(0), "self_influence": table.self_total(0), "layers": np.array(table.layers),
+              "world_size": np.array(context(args).world_size)}
     arrays.update({f"layer:{name}": values for name, values in table.by_layer(0).items()})
     np.savez(out, **arrays)
     print(f"saved influences of {len(train)} training on {len(test)} test examples to {out} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from influence_core.cli.distributed import add_options, context, progress_bar
 from influence_core.cli.inputs import (
     add_engine_options,
     add_factor_source,
@@ -15,7 +16,6 @@ from influence_core.cli.inputs import (
     prepare_factors,
     read_examples,
 )
-from influence_core.cli.progress import Bar
 
 
 def add_parser(sub) -> None:
@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
     add_factor_source(parser)
     add_engine_options(parser)
     parser.add_argument("--out", required=True, help="output CSV: the input rows plus self_influence and rank")
+    add_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -35,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
     engine = make_engine(args, loaded)
     train = aligned(train, loaded)
     prepare_factors(engine, args, loaded, args.train)
-    scores = engine.self_influence(train["text"].tolist(), train["label"].tolist(), progress=Bar("self-influence"))
+    scores = engine.self_influence(train["text"].tolist(), train["label"].tolist(),
+                                   progress=progress_bar(args, "self-influence"), distributed=context(args))
+    if not context(args).is_main:
+        return 0
     rows = train.copy()
     rows["self_influence"] = scores
     rows["rank"] = rows["self_influence"].rank(ascending=False, method="first").astype(int)

@@ -7,6 +7,8 @@ positions are masked out of every statistic.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -50,6 +52,21 @@ class Encoded:
         return Encoded(tuple(self.input_ids[i] for i in idx), self.labels[idx], types, self.pad_id)
 
 
+_TOKENIZER_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TOKENIZER_LOCKS_GUARD = threading.Lock()
+
+
+def tokenizer_lock(tokenizer) -> threading.RLock:
+    """The one lock of ``tokenizer``. A fast tokenizer keeps its truncation and padding settings as state that
+    each call sets, so two threads calling it with different settings (an engine truncating, ``check_texts``
+    counting every token) get each other's; hold this lock around every call of a shared tokenizer."""
+    with _TOKENIZER_LOCKS_GUARD:
+        lock = _TOKENIZER_LOCKS.get(tokenizer)
+        if lock is None:
+            lock = _TOKENIZER_LOCKS[tokenizer] = threading.RLock()
+        return lock
+
+
 def encode(tokenizer, texts: Sequence[str], labels: Sequence[int] | np.ndarray | None, max_length: int) -> Encoded:
     """Tokenize ``texts`` (truncated to ``max_length`` tokens) and attach integer ``labels``."""
     texts = list(texts)
@@ -58,7 +75,8 @@ def encode(tokenizer, texts: Sequence[str], labels: Sequence[int] | np.ndarray |
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         raise DataError(f"text must be strings; row {bad[0]} is {type(texts[bad[0]]).__name__}")
-    out = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
+    with tokenizer_lock(tokenizer):  # the truncation setting is the tokenizer's state, shared by every caller
+        out = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
     ids = tuple(tuple(int(t) for t in row) for row in out["input_ids"])
     types = None
     if "token_type_ids" in out and out["token_type_ids"] is not None:
@@ -119,4 +137,4 @@ def num_batches(n: int, batch_size: int) -> int:
     return (n + batch_size - 1) // batch_size
 
 
-__all__ = ["Encoded", "Batch", "encode", "batches", "make_batch", "num_batches"]
+__all__ = ["Encoded", "Batch", "encode", "batches", "make_batch", "num_batches", "tokenizer_lock"]

@@ -27,6 +27,7 @@ from torch import nn
 
 from influence_core.engine.batches import Batch, Encoded, batches, encode, num_batches
 from influence_core.engine.config import EngineConfig, check_damping
+from influence_core.engine.distributed import Distributed
 from influence_core.engine.factors import Factors, LayerFactors, model_fingerprint, rotate
 from influence_core.engine.layers import select_layers
 from influence_core.engine.scores import ScoreTable
@@ -45,6 +46,8 @@ Progress = Callable[[int, int, str], None]
 """``progress(done, total, stage)``; it may raise (e.g. to cancel a background job)."""
 
 Texts = Sequence[str] | Encoded
+BatchHook = Callable[[Batch, torch.Tensor, dict], None]
+"""``on_batch(batch, logits [B, C], captures)`` of a fitting pass."""
 
 
 def _given_labels(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -96,7 +99,8 @@ class InfluenceEngine:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.model)
+            with self.lock:  # not while another engine has the module in its own dtype or device
+                self._fingerprint = model_fingerprint(self.model)
         return self._fingerprint
 
     @property
@@ -156,8 +160,11 @@ class InfluenceEngine:
 
     # ----------------------------------------------------------------- fitting
     def fit(self, texts: Texts, labels: Sequence[int] | np.ndarray | None = None, *,
-            progress: Progress | None = None) -> Factors:
+            progress: Progress | None = None, on_batch: BatchHook | None = None,
+            distributed: Distributed | None = None) -> Factors:
         """Fit the factors on ``texts``. ``labels`` are needed only for ``fisher="empirical"``.
+        ``on_batch``: see :meth:`eigenvalue_statistics` (e.g. a gradient index riding on that pass).
+        ``distributed``: fit this rank's shard and combine the ranks' sums (see ``engine.distributed``).
 
         Two passes over the data: covariances ``A`` and ``G`` (then their eigendecompositions), and,
         for ``ekfac``, the corrected eigenvalues ``L``. Returns the factors and keeps them on the engine.
@@ -167,13 +174,15 @@ class InfluenceEngine:
         encoded = self.encode(texts, labels)
         if self.config.fisher == "empirical" and (encoded.labels < 0).any():
             raise DataError("the empirical Fisher needs the labels of the fitting examples")
+        if distributed is not None:
+            return distributed.fit(self, encoded, progress=progress, on_batch=on_batch)
         statistics = self.covariance_statistics(encoded, progress=progress)
         factors = Factors(statistics, self.config.method, self.config.fisher, self.fingerprint, len(encoded),
                           meta={"max_length": self.config.max_length})
         for name, layer in factors.layers.items():
             layer.eigendecompose(name)
         if self.config.method == "ekfac":
-            self.eigenvalue_statistics(encoded, factors, progress=progress)
+            self.eigenvalue_statistics(encoded, factors, progress=progress, on_batch=on_batch)
         self.factors = factors
         return factors
 
@@ -194,8 +203,11 @@ class InfluenceEngine:
                 _report(progress, done, total, "covariances")
         return {name: sums[name] for name in self.layers}
 
-    def eigenvalue_statistics(self, encoded: Encoded, factors: Factors, *, progress: Progress | None = None) -> None:
-        """Accumulate the EK-FAC corrected eigenvalue sums into ``factors`` (in place)."""
+    def eigenvalue_statistics(self, encoded: Encoded, factors: Factors, *, progress: Progress | None = None,
+                              on_batch: BatchHook | None = None) -> None:
+        """Accumulate the EK-FAC corrected eigenvalue sums into ``factors`` (in place).
+
+        ``on_batch(batch, logits, captures)`` is called with every batch's Fisher-term captures."""
         terms = self._fisher_terms()
         dtype = self.config.torch_dtype
         total = num_batches(len(encoded), self.config.batch_size)
@@ -204,7 +216,9 @@ class InfluenceEngine:
             layer.l_count = 0
         with self.session():
             for done, batch in enumerate(self._batches(encoded), 1):
-                _, captures = self.tracker.run(batch, terms)
+                logits, captures = self.tracker.run(batch, terms)
+                if on_batch is not None:
+                    on_batch(batch, logits, captures)
                 for name, capture in captures.items():
                     layer = factors.layers[name]
                     rotated = rotate(capture, layer, dtype)
@@ -267,7 +281,7 @@ class InfluenceEngine:
 
     def score(self, test_texts: Texts, test_labels, train_texts: Texts, train_labels, *,
               dampings: Sequence[float] | None = None, self_influence: bool = True,
-              progress: Progress | None = None) -> ScoreTable:
+              progress: Progress | None = None, distributed: Distributed | None = None) -> ScoreTable:
         """Pairwise influences (and self-influences) for every damping value, from one gradient pass.
 
         Args:
@@ -277,6 +291,7 @@ class InfluenceEngine:
             dampings: Damping values to score (absolute, or relative factors when the config uses relative
                 damping); default: the config's value.
             self_influence: Also compute ``I(m, m)`` for the training examples.
+            distributed: Score this rank's shard of the training examples and gather every rank's columns.
 
         Returns:
             A ScoreTable with ``pairwise`` [K, L, n_test, n_train] (positive = helpful).
@@ -287,6 +302,9 @@ class InfluenceEngine:
         for which, enc in (("test", test), ("training", train)):
             if (enc.labels < 0).any():
                 raise DataError(f"every {which} example needs a label to be scored")
+        if distributed is not None:
+            return distributed.score(self, test, train, dampings=dampings, self_influence=self_influence,
+                                     progress=progress)
         rotations, weights = self.preconditioner(values)
         plan = self._plan(len(test))
         shape = (len(values), len(self.layers))
@@ -465,13 +483,16 @@ class InfluenceEngine:
         return block, t_self, probs
 
     def self_influence(self, train_texts: Texts, train_labels, *, dampings: Sequence[float] | None = None,
-                       progress: Progress | None = None) -> np.ndarray:
+                       progress: Progress | None = None, distributed: Distributed | None = None) -> np.ndarray:
         """``I(m, m)`` for every training example, shape [n_train] (or [K, n_train] if several dampings).
 
         Computed directly from each example's own rotated gradient, never through an n x n matrix.
+        ``distributed``: this rank's shard, gathered in the original order.
         """
         values = self.damping_values(dampings)
         train = self.encode(train_texts, train_labels)
+        if distributed is not None:
+            return distributed.self_influence(self, train, dampings=dampings, progress=progress)
         rotations, weights = self.preconditioner(values)
         k = len(values)
         out = np.zeros((k, len(train)))
@@ -526,10 +547,11 @@ class InfluenceEngine:
         raise ConfigError(f"unknown flip mode {mode!r}: use closed_form or recompute")
 
     def token_influence(self, test_text: str, test_label: int, train_text: str, train_label: int, *,
-                        damping: float | None = None) -> TokenInfluence:
+                        damping: float | None = None, layers: Sequence[str] | None = None) -> TokenInfluence:
         """Each token's share of the influence of ``train_text`` on ``test_text`` (sums to the pairwise score).
 
-        ``damping``: absolute, or relative when the config is (default: the config's value).
+        ``damping``: absolute, or relative when the config is (default: the config's value). ``layers``: the
+        layers summed (default: all), so the tokens add up to the pairwise score over those layers.
         """
         values = self.damping_values(None if damping is None else [damping])
         rotations, weights = self.preconditioner(values)
@@ -543,7 +565,7 @@ class InfluenceEngine:
         length = len(train.input_ids[0])
         scores = torch.zeros(length, dtype=torch.float64)
         pooled = 0.0
-        for name in self.layers:
+        for name in self.layers if layers is None else [n for n in self.layers if n in set(layers)]:
             capture, factors = captures[name], rotations[name]
             out = capture.g.shape[-1]
             query = queries[name][0].reshape(out, -1)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from influence_core.engine.batches import tokenizer_lock
 from influence_core.errors import DataError
 from influence_core.sources.corpus import demo_corpus
 
@@ -283,7 +284,8 @@ def token_lengths(texts: Sequence[str], tokenizer: Any, max_length: int) -> np.n
     counts = []
     batch = 256
     for start in range(0, len(prefixes), batch):
-        encoded = tokenizer(prefixes[start : start + batch], add_special_tokens=True, truncation=False)["input_ids"]
+        with tokenizer_lock(tokenizer):  # an engine may be truncating with this tokenizer in another thread
+            encoded = tokenizer(prefixes[start : start + batch], add_special_tokens=True, truncation=False)["input_ids"]
         counts.extend(len(ids) for ids in encoded)
     return np.asarray(counts, dtype=np.int64)
 

@@ -362,7 +362,7 @@ def retrain(model: str | os.PathLike, train_df: pd.DataFrame, test_df: pd.DataFr
             original_train_df: pd.DataFrame | None = None, label_names: Sequence[str] | None = None,
             out_dir: str | os.PathLike | None = None, epochs: int | None = None, lr: float | None = None,
             batch_size: int | None = None, max_length: int | None = None, seed: int | None = None,
-            progress: Progress | None = None, cancel: Cancel | None = None) -> RetrainResult:
+            before: str = "model", progress: Progress | None = None, cancel: Cancel | None = None) -> RetrainResult:
     """Fine-tune on the cleaned training table and compare test accuracy and loss with the model before.
 
     Args:
@@ -371,9 +371,14 @@ def retrain(model: str | os.PathLike, train_df: pd.DataFrame, test_df: pd.DataFr
             needed; "before" comes from ``original_train_df`` if given).
         train_df: The cleaned training rows (``text``, int ``label``), e.g. from :func:`clean_dataset`.
         test_df: Test rows (``text``, int ``label``) scored before and after.
-        original_train_df: The uncleaned training rows: when ``model`` has no trained "before" of its own, one is
-            fine-tuned on these with the same recipe, so before and after differ only in the data.
+        original_train_df: The uncleaned training rows: when ``model`` has no trained "before" of its own (or
+            ``before="retrain"``), one is fine-tuned on these with the same recipe, so before and after differ only
+            in the data.
         epochs, lr, batch_size, max_length, seed: Override the recipe.
+        before: ``"model"``: "before" is the model under study itself when it is a trained classifier (else the
+            recipe on ``original_train_df``, if given). ``"retrain"``: always the recipe fine-tuned on
+            ``original_train_df`` (required), e.g. when ``train_df`` cleans a slice of the data the model was
+            trained on: the model under study saw more data than either retrain.
         progress: ``progress(done, total, stage)``; cancel: ``cancel()`` returning True stops the fine-tune
             (:class:`~influence_core.training.finetune.FinetuneCancelled`) and nothing is saved.
 
@@ -381,19 +386,24 @@ def retrain(model: str | os.PathLike, train_df: pd.DataFrame, test_df: pd.DataFr
         RetrainResult with before/after probabilities, accuracy and mean loss on ``test_df``.
     """
     start = time.perf_counter()
+    if before not in ("model", "retrain"):
+        raise ConfigError(f"before must be 'model' or 'retrain', got {before!r}")
+    if before == "retrain" and original_train_df is None:
+        raise DataError("before='retrain' needs original_train_df: the uncleaned rows to fine-tune 'before' on")
     recipe = recipe_of(model, label_names=label_names, epochs=epochs, lr=lr, batch_size=batch_size,
                        max_length=max_length, seed=seed)
+    own_before = recipe.before if before == "model" else None
     train_texts, train_labels = _examples(train_df, "cleaned training", len(recipe.label_names))
     test_texts, test_labels = _examples(test_df, "test", len(recipe.label_names))
     max_len = int(recipe.hyperparameters["max_length"])
     notes = list(recipe.notes)
-    report = _Stages(progress, ["before", "fine-tune", "after"] if recipe.before or original_train_df is not None
+    report = _Stages(progress, ["before", "fine-tune", "after"] if own_before or original_train_df is not None
                      else ["fine-tune", "after"])
     _check_cancel(cancel)
     before_probs = None
-    if recipe.before is not None:
+    if own_before is not None:
         report.start("before", "evaluate the model before cleaning")
-        before_probs = predict_probabilities(recipe.before, test_texts, max_length=max_len)
+        before_probs = predict_probabilities(own_before, test_texts, max_length=max_len)
     elif original_train_df is not None:
         texts, labels = _examples(original_train_df, "original training", len(recipe.label_names))
         before_dir = train_cached(recipe, texts, labels, progress=report.part("before", "train on the original data"),

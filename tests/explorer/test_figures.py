@@ -1,6 +1,5 @@
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import pytest
 
 from explorer import figures
@@ -17,7 +16,9 @@ def test_heatmap_is_diverging_centred_at_zero_with_escaped_hover(matrix):
     cols = [figures.hover_text("<script>x</script>", 1, 0) for _ in range(7)]
     fig = figures.influence_heatmap(matrix, row_hover=rows, col_hover=cols, title="t")
     trace = fig.data[0]
-    assert isinstance(trace, go.Heatmap)
+    assert trace.type == "heatmap"
+    np.testing.assert_array_equal(trace.z, matrix)
+    assert list(trace.x) == [f"train {j}" for j in range(7)] and list(trace.y) == [f"test {i}" for i in range(5)]
     assert trace.zmid == 0 and trace.zmin == -trace.zmax
     assert trace.zmax == pytest.approx(np.quantile(np.abs(matrix), 0.95))  # robust: a few extremes saturate
     assert np.asarray(trace.customdata).shape == (5, 7, 2)
@@ -58,11 +59,16 @@ def test_small_figures_build():
     assert share.data[0].y == ("layer.0.output.dense", "classifier")
 
 
-def test_layerwise_bars_one_subplot_per_layer():
-    by_layer = {"a": np.array([1.0, -1.0, 0.5]), "b": np.array([0.1, 0.2, -0.3])}
-    fig = figures.layerwise_bars(by_layer, names=["x", "y", "z"], hover=["1", "2", "3"])
-    assert len(fig.data) == 2
-    assert fig.data[1].marker.color[2] == figures.HARMFUL
+def test_layerwise_bars_one_compact_heatmap_with_short_layer_names():
+    by_layer = {"bert.encoder.layer.0.output.dense": np.array([1.0, -1.0, 0.5]), "classifier": np.array([0.1, 0.2, -0.3])}
+    fig = figures.layerwise_bars(by_layer, names=["x", "y", "<z>"], hover=["1", "2", "3"])
+    (heat,) = fig.data  # one chart, one x axis
+    assert heat.type == "heatmap" and heat.y == ("layer.0.output.dense", "classifier")
+    assert heat.x == ("x", "y", "&lt;z&gt;")
+    np.testing.assert_array_equal(np.asarray(heat.z), [[1.0, -1.0, 0.5], [0.1, 0.2, -0.3]])
+    assert heat.zmid == 0 and heat.zmin == -heat.zmax
+    assert fig.layout.height < 400  # 14 layers used to stack 14 charts (4,000 px)
+    assert figures.layerwise_bars({f"layer.{i}": np.ones(30) for i in range(14)}).layout.height <= 500
     assert figures.layerwise_bars({}).layout.annotations[0].text == "No layers selected."
 
 
@@ -78,9 +84,14 @@ def test_before_after_scatter_marks_flipped_columns(matrix):
 
 def test_before_after_bars_colour_the_after_bars_by_sign():
     fig = figures.before_after_bars(np.array([-1.0, 2.0]), np.array([1.0, -2.0]), ["a", "<b>"], ["h1", "h2"])
-    before, after = fig.data
+    before, helpful, harmful = fig.data
     assert before.marker.color == figures.NEUTRAL
-    assert after.marker.color == (figures.HELPFUL, figures.HARMFUL)
+    # every legend entry has the one colour of its bars
+    assert (helpful.name, helpful.marker.color) == ("after: helpful", figures.HELPFUL)
+    assert (harmful.name, harmful.marker.color) == ("after: harmful", figures.HARMFUL)
+    np.testing.assert_array_equal(np.asarray(helpful.y, dtype=float), [1.0, np.nan])
+    np.testing.assert_array_equal(np.asarray(harmful.y, dtype=float), [np.nan, -2.0])
+    assert helpful.offsetgroup == harmful.offsetgroup != before.offsetgroup  # one "after" slot per test review
     assert before.x[1] == "&lt;b&gt;"
 
 

@@ -21,12 +21,17 @@ def _steps(n, gate=None, sleep=0.0):
 
 def test_job_runs_to_completion_with_progress():
     runner = JobRunner()
-    job = runner.start(_steps(4), key="a", name="Four steps")
+    job = runner.start(_steps(4, sleep=0.02), key="a", name="Four steps")
     assert job.wait(5)
     assert job.status == DONE and job.result == "ok"
     assert job.fraction == 1.0
     assert job.message == "step (4/4)"
-    assert job.elapsed >= 0
+    # four steps of 20 ms: at least 80 ms, measured from start to finish and frozen once finished
+    assert job.elapsed == job.finished_at - job.started_at
+    assert 0.08 <= job.elapsed < 5
+    frozen = job.elapsed
+    time.sleep(0.02)
+    assert job.elapsed == frozen
 
 
 def test_same_key_while_running_returns_the_same_job():
@@ -102,3 +107,37 @@ def test_forget_keeps_running_jobs():
     job.wait(5)
     runner.forget("f")
     assert runner.get("f") is None
+
+
+def test_finished_jobs_are_bounded_latest_kept_running_never_forgotten():
+    gate = threading.Event()
+    runner = JobRunner(max_finished=3)
+    running = runner.start(_steps(1, gate), key="running")
+    for i in range(6):
+        runner.start(_steps(1), key=f"done-{i}").wait(5)
+        time.sleep(0.01)  # distinct finish times
+    runner.start(_steps(1), key="last").wait(5)
+    assert runner.get("running") is running and running.running
+    kept = [key for key in ("done-0", "done-1", "done-2", "done-3", "done-4", "done-5", "last") if runner.get(key)]
+    assert kept == ["done-4", "done-5", "last"]
+    assert len(runner) == 4
+    gate.set()
+    assert running.wait(5)
+
+
+def test_finished_jobs_older_than_max_age_are_forgotten():
+    gate = threading.Event()
+    runner = JobRunner(max_age_s=3600)
+    old = runner.start(_steps(1), key="old")
+    old.wait(5)
+    still = runner.start(_steps(1, gate), key="still")  # started long ago, still running
+    still.started_at -= 7200
+    old.finished_at -= 7200  # finished two hours ago
+    fresh = runner.start(_steps(1), key="fresh")
+    fresh.wait(5)
+    assert runner.get("old") is None
+    assert runner.get("fresh") is fresh
+    assert runner.get("still") is still
+    gate.set()
+    assert still.wait(5)
+    assert runner.get("still") is still  # just finished: kept

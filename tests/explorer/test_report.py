@@ -45,3 +45,16 @@ def test_report_inlines_plotly_once_and_has_structure():
 def test_table_html_truncates_with_note():
     out = table_html(pd.DataFrame({"a": range(10)}), max_rows=3)
     assert out.count("<tr") == 4 and "First 3 of 10 rows." in out
+
+
+def test_tables_break_words_only_in_long_text_cells():
+    frame = pd.DataFrame({"kind": ["harmful", "helpful"], "influence": [-0.5, 0.25],
+                          "text": ["a long review " * 10, "short"]})
+    out = table_html(frame)
+    assert out.count('<td class="long">') == 2  # the text column, and only it
+    assert "<td>harmful</td>" in out and "<td>-0.5</td>" in out
+    page = build_report("r", {}, [ReportSection("t", table=frame)])
+    css = page[page.index("<style>"):page.index("</style>")]
+    assert "word-break:normal" in css and "overflow-wrap:normal" in css
+    # only long cells may wrap anywhere (that broke "harmful" into "harmf/ul" in narrow columns)
+    assert [rule for rule in css.split("}") if "overflow-wrap:anywhere" in rule] == ["\ntd.long{min-width:16em;max-width:520px;overflow-wrap:anywhere"]

@@ -7,11 +7,11 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from influence_core.errors import ModelError
 from influence_core.sources.models import (
     PRESET_MODELS,
-    LoadedModel,
     ModelSource,
     base_encoder_path,
     hub_offline_reason,
@@ -23,7 +23,12 @@ from tests.data_fixtures import save_tiny_classifier, tiny_classifier_dir, tiny_
 
 def test_local_folder_loads_in_eval_mode_with_config_labels(tiny_classifier_dir):  # noqa: F811
     loaded = load_classifier(ModelSource("local", str(tiny_classifier_dir)))
-    assert isinstance(loaded, LoadedModel)
+    saved = load_file(tiny_classifier_dir / "model.safetensors")  # the weights written by save_tiny_classifier
+    state = loaded.model.state_dict()
+    # embeddings 5 + 2 layers x 16 + pooler 2 + classifier 2 tensors
+    assert set(saved) == set(state) and len(saved) == 5 + 2 * 16 + 2 + 2
+    assert all(torch.equal(state[name], value) for name, value in saved.items())
+    assert loaded.model.config.hidden_size == 32 and loaded.model.config.num_hidden_layers == 2
     assert loaded.label_names == ["negative", "positive"]
     assert not loaded.model.training
     assert loaded.source == ModelSource("local", str(tiny_classifier_dir))

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from influence_core import cli
 from influence_core.errors import DataError
@@ -83,6 +84,23 @@ def test_read_flags_accepts_actions_and_the_app_flag_list():
 
 
 # ------------------------------------------------------------------------------------------ retrain
+def _probs(folder, texts) -> np.ndarray:
+    """Test probabilities written out with plain transformers, one text at a time (no padding)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    with torch.no_grad():
+        rows = [torch.softmax(model(**tokenizer([t], return_tensors="pt", truncation=True, max_length=32)).logits[0],
+                              -1) for t in texts]
+    return torch.stack(rows).double().numpy()
+
+
+def _accuracy_and_loss(probs: np.ndarray, labels) -> tuple[float, float]:
+    labels = np.asarray(labels)
+    return float((probs.argmax(1) == labels).mean()), float(-np.log(probs[np.arange(len(labels)), labels]).mean())
+
+
 @pytest.fixture(scope="module")
 def corpus():
     table = tiny_corpus(n_train=48, n_test=16)
@@ -116,9 +134,15 @@ def test_retrain_on_the_cleaned_set(studied_model, corpus):
     result = retrain(studied_model, cleaned, test, progress=lambda *a: calls.append(a))
     assert result.n_train == len(train) and (result.model_dir / "finetune.json").is_file()
     assert result.before_probs.shape == result.after_probs.shape == (len(test), 2)
-    for value in (result.before_accuracy, result.after_accuracy):
-        assert 0.0 <= value <= 1.0
-    assert result.before_loss > 0 and result.after_loss > 0
+    # 'before' is the studied model, 'after' the retrained folder: both evaluated here independently
+    before, after = _probs(studied_model, test["text"]), _probs(result.model_dir, test["text"])
+    np.testing.assert_allclose(result.before_probs, before, atol=1e-5)
+    np.testing.assert_allclose(result.after_probs, after, atol=1e-5)
+    np.testing.assert_array_equal(result.test_labels, test["label"])
+    for (accuracy, loss), probs in (((result.before_accuracy, result.before_loss), before),
+                                    ((result.after_accuracy, result.after_loss), after)):
+        expected_accuracy, expected_loss = _accuracy_and_loss(probs, test["label"])
+        assert accuracy == pytest.approx(expected_accuracy) and loss == pytest.approx(expected_loss, rel=1e-4)
     summary = result.summary()
     assert summary["model"].tolist() == ["before", "after"]
     assert summary.loc[1, "accuracy"] == pytest.approx(result.after_accuracy)
@@ -138,12 +162,39 @@ def test_retrain_on_the_cleaned_set(studied_model, corpus):
         retrain(studied_model, cleaned.assign(label=7), test)
 
 
-def test_retrain_from_a_base_trains_before_and_after(tiny_encoder_dir, corpus):  # noqa: F811
+def test_retrain_from_a_base_trains_before_and_after(tiny_encoder_dir, corpus, studied_model):  # noqa: F811
     train, test = corpus
     cleaned = clean_dataset(train, {3: "drop", 10: "drop"})
     result = retrain(tiny_encoder_dir, cleaned, test, original_train_df=train, label_names=NAMES, **TINY)
-    assert result.before_probs is not None and result.n_train == len(train) - 2
+    # 'before' is the same recipe on the same original rows as the studied model (fine-tuning is deterministic)
+    np.testing.assert_allclose(result.before_probs, _probs(studied_model, test["text"]), atol=1e-5)
+    np.testing.assert_allclose(result.after_probs, _probs(result.model_dir, test["text"]), atol=1e-5)
+    assert result.n_train == len(train) - 2
     assert any("original rows" in note for note in result.notes)
+
+
+def test_retrain_before_is_the_same_recipe_on_the_uncleaned_slice(studied_model, corpus):
+    from influence_core.training.retrain import predict_probabilities
+
+    train, test = corpus
+    analysed = train.iloc[:32].reset_index(drop=True)  # the app analyses a slice of what the model was trained on
+    # nothing cleaned: "before" and "after" are the same recipe on the same rows, so they agree exactly
+    same = retrain(studied_model, analysed, test, original_train_df=analysed, before="retrain")
+    np.testing.assert_allclose(same.before_probs, same.after_probs)
+    assert any("32 original rows" in note for note in same.notes)
+    # the default "before" is the model under study, trained on all 48 rows: not like with like
+    default = retrain(studied_model, analysed, test, original_train_df=analysed)
+    own = predict_probabilities(studied_model, test["text"].tolist(), max_length=TINY["max_length"])
+    np.testing.assert_allclose(default.before_probs, own)
+    assert not np.allclose(same.before_probs, own)
+    cleaned = clean_dataset(analysed, {0: "drop"})
+    fixed = retrain(studied_model, cleaned, test, original_train_df=analysed, before="retrain")
+    np.testing.assert_allclose(fixed.before_probs, same.before_probs)  # the cached "before" fine-tune
+    assert fixed.n_train == 31
+    with pytest.raises(DataError, match="original_train_df"):
+        retrain(studied_model, analysed, test, before="retrain")
+    with pytest.raises(Exception, match="before must be"):
+        retrain(studied_model, analysed, test, before="latest")
 
 
 def test_counterfactual_check_removes_the_most_harmful(studied_model, corpus):
@@ -157,7 +208,12 @@ def test_counterfactual_check_removes_the_most_harmful(studied_model, corpus):
     assert result.predicted_change == pytest.approx(influence[[45, 46, 47]].sum() / len(train))
     assert all(np.isfinite([result.loss_full, result.loss_minus_harmful, *result.loss_minus_random]))
     assert result.summary()["model"].tolist() == ["full", "minus 3 most harmful", "minus 3 random (draw 1)"]
-    assert isinstance(result.harmful_beats_random, bool)
+    assert result.harmful_beats_random == (result.loss_minus_harmful < np.mean(result.loss_minus_random))
+    # the full retrain is the studied model's recipe on the same rows, so its test loss is the studied model's
+    label = int(test["label"].iloc[0])
+    assert result.loss_full == pytest.approx(-np.log(_probs(studied_model, test["text"].iloc[:1])[0, label]), rel=1e-4)
+    assert result.summary()["change"].tolist() == pytest.approx(
+        [0.0, result.loss_minus_harmful - result.loss_full, result.loss_minus_random[0] - result.loss_full])
     assert calls[-1][0] == calls[-1][1]
     # the full retrain is cached: a second review reuses it
     other = counterfactual_check(studied_model, train, test["text"].iloc[1], int(test["label"].iloc[1]), influence,
@@ -184,7 +240,14 @@ def test_cli_clean_and_retrain(studied_model, corpus, tmp_path, capsys):
     assert code == 0, captured.err
     assert "1 rows dropped, 1 relabelled" in captured.out and "before" in captured.out
     summary = json.loads((out / "retrain.json").read_text())
-    assert summary["n_train"] == len(train) - 1 and summary["after_accuracy"] is not None
+    assert summary["n_train"] == len(train) - 1 and summary["n_test"] == len(test)
+    after_accuracy, after_loss = _accuracy_and_loss(_probs(summary["model_dir"], test["text"]), test["label"])
+    before_accuracy, before_loss = _accuracy_and_loss(_probs(studied_model, test["text"]), test["label"])
+    assert summary["after_accuracy"] == pytest.approx(after_accuracy)
+    assert summary["after_loss"] == pytest.approx(after_loss, rel=1e-4)
+    assert summary["before_accuracy"] == pytest.approx(before_accuracy)
+    assert summary["before_loss"] == pytest.approx(before_loss, rel=1e-4)
+    capsys.readouterr()  # drop the weight-loading progress bars of the checks above
     assert len(pd.read_csv(out / "cleaned_train.csv")) == len(train) - 1
 
     bad = tmp_path / "bad.csv"

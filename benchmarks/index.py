@@ -1,0 +1,178 @@
+"""The training-gradient index on MiniLM and SST-2: agreement with the exact engine, latency, build cost, size.
+
+    .venv/bin/python -m benchmarks.index                       # small: 2000 training sentences, 20 queries
+    .venv/bin/python -m benchmarks.index --n-train 67349       # the issue's target (hours on a CPU)
+
+Without ``--model`` the classifier is the offline MiniLM encoder with a seeded, untrained head (agreement and
+latency do not need a fine-tuned model). Layers ``ffn,head``; EK-FAC with the true Fisher. For each projection size:
+median per-query Pearson of the index estimates against the engine's scores, the fraction of queries whose exact
+top-10 helpful and harmful lie in the index's top-100, and, after the exact re-scoring of 100 candidates, the fraction
+whose top-10 equal the engine's. Writes ``benchmarks/results/index-<n>-<stamp>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.common import jsonable, peak_rss_bytes
+from benchmarks.contender_floor import floor_pass
+from benchmarks.workload import RESULTS, read_sst2, sample_rows
+
+
+def _model(path: str | None):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from influence_core.sources.models import base_encoder_path
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    folder = path or base_encoder_path()
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2, use_safetensors=True).eval()
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def _floor_seconds(engine, encoded) -> float:
+    from influence_core.engine.batches import batches
+
+    saved = []
+    for batch in batches(encoded, engine.config.batch_size):
+        item = dict(batch.inputs)
+        item.setdefault("token_type_ids", torch.zeros_like(item["input_ids"]))
+        item["labels"] = batch.labels
+        saved.append(item)
+    for param in engine.model.parameters():
+        param.requires_grad_(False)
+    start = time.perf_counter()
+    floor_pass(engine.model, saved)
+    return time.perf_counter() - start
+
+
+def _agreement(estimates: np.ndarray, exact: np.ndarray, top: int, candidates: int) -> dict:
+    pearson, covered = [], []
+    for est, ex in zip(estimates, exact):
+        pearson.append(float(np.corrcoef(est, ex)[0, 1]))
+        ok = True
+        for sign in (1, -1):
+            truth = set(np.argsort(-sign * ex)[:top])
+            proposed = set(np.argsort(-sign * est)[:candidates])
+            ok &= truth <= proposed
+        covered.append(ok)
+    return {"median_pearson": float(np.median(pearson)), "top_in_candidates": float(np.mean(covered))}
+
+
+def _reranked_equal(answer, exact: np.ndarray, top: int) -> tuple[float, float]:
+    ordered, as_set = [], []
+    for q, ex in enumerate(exact):
+        same_order, same_set = True, True
+        for direction, sign in (("helpful", 1), ("harmful", -1)):
+            rows = answer[(answer["query"] == q) & (answer["direction"] == direction)].sort_values("rank")
+            truth = np.argsort(-sign * ex, kind="stable")[:top].tolist()
+            same_order &= rows["train_row"].tolist() == truth
+            same_set &= set(rows["train_row"]) == set(truth)
+        ordered.append(same_order)
+        as_set.append(same_set)
+    return float(np.mean(ordered)), float(np.mean(as_set))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="benchmarks.index", description=__doc__.splitlines()[0])
+    parser.add_argument("--n-train", type=int, default=2000, help="SST-2 training sentences (target: 67349)")
+    parser.add_argument("--n-queries", type=int, default=20, help="SST-2 dev sentences asked about")
+    parser.add_argument("--projections", default="8,16,32,64", help="projection sizes to compare")
+    parser.add_argument("--model", default=None, help="a fine-tuned classifier folder (default: MiniLM + seeded head)")
+    parser.add_argument("--layers", default="ffn,head")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="index storage")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from influence_core import EngineConfig, InfluenceEngine
+    from influence_core.engine.index import GradientIndex, IndexConfig, fit_and_index
+
+    train = sample_rows(read_sst2("train.tsv"), args.n_train, 0)
+    dev = sample_rows(read_sst2("dev.tsv"), args.n_queries, 1)
+    texts, labels = train["sentence"].tolist(), train["label"].to_numpy()
+    q_texts, q_labels = dev["sentence"].tolist(), dev["label"].to_numpy()
+    model, tokenizer = _model(args.model)
+    engine = InfluenceEngine(model, tokenizer, EngineConfig(layers=args.layers, max_length=args.max_length,
+                                                            batch_size=args.batch_size))
+    sizes = [int(s) for s in args.projections.split(",")]
+    result: dict = {"args": vars(args), "layers": engine.layers, "n_train": args.n_train,
+                    "threads": torch.get_num_threads(), "projections": {}}
+    encoded = engine.encode(texts, labels)
+    with engine.session(hooks=False):
+        result["floor_seconds"] = _floor_seconds(engine, encoded)
+
+    start = time.perf_counter()
+    engine.fit(encoded)
+    result["fit_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    _, riding = fit_and_index(engine, texts, labels,
+                              config=IndexConfig(projection=sizes[0], exact=False, dtype=args.dtype))
+    result["fit_and_index_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    exact = engine.score(q_texts, q_labels, encoded, None, self_influence=False).total(0)
+    result["engine_score_seconds"] = time.perf_counter() - start
+
+    for k in sizes:
+        start = time.perf_counter()
+        index = riding if k == sizes[0] else GradientIndex.build(
+            engine, texts, labels, config=IndexConfig(projection=k, exact=False, dtype=args.dtype))
+        build = time.perf_counter() - start
+        start = time.perf_counter()
+        estimates = index.estimates(q_texts, q_labels)[0]
+        estimate_seconds = (time.perf_counter() - start) / len(q_texts)
+        entry = {"build_seconds": build if k != sizes[0] else result["fit_and_index_seconds"] - result["fit_seconds"],
+                 "build_pass": "fit eigenvalue pass (extra time over fit)" if k == sizes[0] else "own pass",
+                 "bytes_per_example": index.bytes_per_example, "width": int(index.rows.shape[1]),
+                 "estimate_seconds_per_query": estimate_seconds,
+                 **_agreement(estimates, exact, args.top, args.candidates)}
+        answer = index.query(q_texts, q_labels, top=args.top, rerank=args.candidates)
+        entry["rerank_top_equal"], entry["rerank_top_same_set"] = _reranked_equal(answer, exact, args.top)
+        one = time.perf_counter()
+        index.query(q_texts[:1], q_labels[:1], top=args.top, rerank=args.candidates)
+        entry["latency_one_query_seconds"] = time.perf_counter() - one
+        vector = torch.randn(1, index.rows.shape[1])
+        rows = torch.from_numpy(np.asarray(index.rows, dtype=np.float32))
+        one = time.perf_counter()
+        for _ in range(5):
+            torch.topk(vector @ rows.T, min(args.candidates, rows.shape[0]))
+        entry["lookup_seconds"] = (time.perf_counter() - one) / 5
+        result["projections"][k] = entry
+        print(f"k={k}: {json.dumps(entry, default=jsonable)}", flush=True)
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    _write(result)
+    return result
+
+
+def _write(result: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"index-{result['n_train']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=jsonable) + "\n")
+    lines = [f"# Gradient index: {result['n_train']} SST-2 training sentences, {len(result['layers'])} layers",
+             "", f"floor pass {result['floor_seconds']:.1f} s, fit {result['fit_seconds']:.1f} s, fit + index "
+             f"{result['fit_and_index_seconds']:.1f} s, exact engine scores {result['engine_score_seconds']:.1f} s; "
+             f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB; {result['threads']} threads", "",
+             "| k | bytes/example | build s | median Pearson | exact top-10 in top-100 | rerank top-10 equal "
+             "(order / set) | one query s | lookup ms |", "|---|---|---|---|---|---|---|---|"]
+    for k, e in result["projections"].items():
+        lines.append(f"| {k} | {e['bytes_per_example']} | {e['build_seconds']:.1f} | {e['median_pearson']:.3f} | "
+                     f"{e['top_in_candidates']:.2f} | {e['rerank_top_equal']:.2f} / {e['rerank_top_same_set']:.2f} | "
+                     f"{e['latency_one_query_seconds']:.2f} | {1000 * e['lookup_seconds']:.2f} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {stem}.json and .md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,586 @@
+"""GradientIndex: every training example's per-layer gradient stored once, so a new question costs one query gradient.
+
+For a tracked layer with per-example gradient ``DW_m = sum_t g_t a_t^T`` [out, in(+1)] (given label), the index
+row of training example ``m`` holds, per layer,
+
+    R_m = P_out DW_m P_in^T = sum_t (P_out g_t) (P_in a_t)^T          [k_out, k_in]
+
+computed from the tokens (``DW_m`` is never formed unless it is what is stored). ``P_out`` [k_out, out] and
+``P_in`` [k_in, in(+1)] have iid ``N(0, 1/k)`` (or ``+-1/sqrt(k)``) entries, so ``E[P^T P] = I`` and, the two
+being independent,
+
+    E <P_out Q P_in^T, R_m> = <Q, DW_m>,
+
+an unbiased estimate of the engine's influence when ``Q = U_G [(U_G^T DW_q U_A) / (L + damping)] U_A^T`` is the
+query's preconditioned gradient (the engine's ``original`` route). **Positive = helpful**, as everywhere.
+
+A side no larger than ``k`` is kept whole (identity), and when every exact per-example gradient fits the memory
+budget (or ``exact=True``) both sides are: the index is then exact (``kind="exact"``), else ``kind="projected"``.
+The rows depend on the model, the training data and the layers only, not on method, factors or damping: changing
+the damping re-preconditions only the queries. :meth:`GradientIndex.query` takes the index's top candidates and
+re-scores them with the engine itself, so the numbers shown are the engine's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from influence_core.cache import stable_hash
+from influence_core.engine.batches import Batch, Encoded, batches, num_batches
+from influence_core.engine.factors import Factors
+from influence_core.engine.influence import InfluenceEngine, ProgressCounter
+from influence_core.engine.tracking import LayerCapture, label_terms
+from influence_core.errors import ConfigError, DataError, FactorsError
+
+INDEX_FORMAT = 1
+ROWS_FILE = "rows.npy"
+SCALES_FILE = "scales.npy"
+META_FILE = "index.json"
+FACTORS_FILE = "factors.safetensors"
+STORAGE = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How the training gradients are compressed.
+
+    Attributes:
+        projection: Rows of ``P_out`` and of ``P_in`` (per layer, per side); a side that is not larger is kept whole.
+        exact: ``True`` stores exact per-example gradients (identity projection), ``False`` always projects, ``None``
+            stores exact gradients when they fit ``memory_bytes``.
+        memory_bytes: Budget for the stored rows when ``exact`` is None.
+        seed: Seed of the projections (the same ones serve the queries).
+        distribution: ``gaussian`` (``N(0, 1/k)``) or ``rademacher`` (``+-1/sqrt(k)``).
+        dtype: Storage of the rows: ``float16``, ``float32`` or ``float64`` (queries are computed in the engine's).
+            ``float16`` rows are stored divided by their largest entry (kept as a float32 scale per row), so small
+            gradients do not underflow.
+    """
+
+    projection: int = 32
+    exact: bool | None = None
+    memory_bytes: int = 512 * 1024**2
+    seed: int = 0
+    distribution: str = "gaussian"
+    dtype: str = "float32"
+    allocation: str = "square"
+    whiten_exponent: float = 0.5
+    whiten_eps: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.projection < 1:
+            raise ConfigError(f"the projection size must be at least 1, got {self.projection}")
+        if self.allocation not in ("square", "proportional"):
+            raise ConfigError(f"unknown allocation {self.allocation!r}: use square or proportional")
+        if not 0 <= self.whiten_exponent <= 1:
+            raise ConfigError(f"the whitening exponent must lie in [0, 1], got {self.whiten_exponent}")
+        if not self.whiten_eps > 0:
+            raise ConfigError(f"the whitening floor must be positive, got {self.whiten_eps}")
+        if self.distribution not in ("gaussian", "rademacher"):
+            raise ConfigError(f"unknown projection {self.distribution!r}: use gaussian or rademacher")
+        if self.dtype not in STORAGE:
+            raise ConfigError(f"unknown index dtype {self.dtype!r}: use float16, float32 or float64")
+
+
+def training_hash(texts: Sequence[str], labels: Sequence[int] | np.ndarray) -> str:
+    """A stable hash of the training texts and their labels (order matters)."""
+    return stable_hash({"texts": list(texts), "labels": [int(y) for y in labels]})
+
+
+def factors_fingerprint(factors: Factors | None) -> str:
+    """SHA-256 (20 hex digits) of what preconditions a query: model, method, Fisher, layers, eigen-decompositions."""
+    if factors is None:
+        return "none"
+    digest = hashlib.sha256(json.dumps([factors.fingerprint, factors.method, factors.fisher, factors.layer_names,
+                                        factors.num_examples]).encode())
+    for layer in factors.layers.values():
+        for value in (layer.a_eigvals, layer.g_eigvals, layer.l_sum):
+            if value is not None:
+                digest.update(value.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+        digest.update(str((layer.a_count, layer.g_count, layer.l_count)).encode())
+    return digest.hexdigest()[:20]
+
+
+def projection_matrix(rows: int, cols: int, seed: int, layer: str, side: str, distribution: str) -> torch.Tensor:
+    """``P`` [rows, cols] (float64, CPU) with ``E[P^T P] = I``, the same in every process for these arguments."""
+    generator = torch.Generator().manual_seed(int(stable_hash([seed, layer, side, rows, cols]), 16) % 2**63)
+    if distribution == "rademacher":
+        signs = torch.randint(0, 2, (rows, cols), generator=generator, dtype=torch.int64)
+        return (2.0 * signs.to(torch.float64) - 1.0) / rows**0.5
+    return torch.randn(rows, cols, generator=generator, dtype=torch.float64) / rows**0.5
+
+
+def whitening(values: torch.Tensor, exponent: float, eps: float) -> torch.Tensor:
+    """``(lambda + eps * mean(lambda))^(-exponent)`` (float64), normalised to root-mean-square 1."""
+    values = values.to(torch.float64).clamp_min(0)
+    floor = eps * float(values.mean())
+    if exponent == 0 or floor <= 0:
+        return torch.ones_like(values)
+    scale = (values + floor).pow(-exponent)
+    return scale / scale.square().mean().sqrt()
+
+
+class _Projector:
+    """Per layer and side the training map ``M`` and the query map ``N`` (None = identity), and the block offsets.
+
+    A projected side has ``M = P D U^T`` (applied to the tokens' ``g`` or ``a``) and ``N = P D^-1`` (applied to the
+    rotated, preconditioned query); a side kept whole has ``M = I`` and ``N = U`` (the query mapped back). ``U`` are
+    the factors' eigenvectors and ``D`` the whitening (``I`` for the identity method or ``whiten_exponent=0``).
+    """
+
+    def __init__(self, meta: dict, dtype: torch.dtype, device, factors: Factors | None = None):
+        self.sizes = {name: tuple(meta["projected"][name]) for name in meta["layers"]}
+        self.offsets, start = {}, 0
+        for name in meta["layers"]:
+            k_out, k_in = self.sizes[name]
+            self.offsets[name] = (start, start + k_out * k_in)
+            start += k_out * k_in
+        self.width = start
+        whiten = meta.get("whiten") or {}
+        rotate = factors is not None and meta.get("method") != "identity"
+        self.train_maps, self.query_maps = {}, {}
+        for name in meta["layers"]:
+            out, width = meta["shapes"][name]
+            layer = factors.layers[name] if rotate else None
+            train, query = [], []
+            for side, k, full in (("out", self.sizes[name][0], out), ("in", self.sizes[name][1], width)):
+                vectors = None if layer is None else layer.g_eigvecs if side == "out" else layer.a_eigvecs
+                if k >= full:
+                    train.append(None)
+                    query.append(None if vectors is None else vectors.to(device=device, dtype=dtype))
+                    continue
+                p = projection_matrix(k, full, meta["seed"], name, side, meta["distribution"])
+                if vectors is None:
+                    train.append(p.to(device=device, dtype=dtype))
+                    query.append(train[-1])
+                    continue
+                values = layer.g_eigvals if side == "out" else layer.a_eigvals
+                d = whitening(values, whiten.get("exponent", 0.0), whiten.get("eps", 1.0))
+                train.append(((p * d) @ vectors.to(torch.float64).T).to(device=device, dtype=dtype))
+                query.append((p / d).to(device=device, dtype=dtype))
+            self.train_maps[name], self.query_maps[name] = tuple(train), tuple(query)
+
+    def training_block(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``sum_t (M_out g_t)(M_in a_t)^T`` for a [B, T, in(+1)] and g [B, T, out]: [B, k_out * k_in]."""
+        m_out, m_in = self.train_maps[name]
+        if m_in is not None:
+            a = a @ m_in.T
+        if m_out is not None:
+            g = g @ m_out.T
+        return torch.matmul(g.transpose(-1, -2), a).reshape(a.shape[0], -1)
+
+    def query_block(self, name: str, query: torch.Tensor, out: int) -> torch.Tensor:
+        """``N_out Q' N_in^T`` for queries [..., out * in(+1)] (rotated and preconditioned, ``Q' = U_G^T Q U_A``;
+        the plain gradient for the identity method): [..., k_out * k_in]."""
+        n_out, n_in = self.query_maps[name]
+        q = query.reshape(*query.shape[:-1], out, -1)
+        if n_out is not None:
+            q = n_out @ q
+        if n_in is not None:
+            q = q @ n_in.T
+        return q.reshape(*query.shape[:-1], -1)
+
+
+class GradientIndex:
+    """Training gradients of one (model, factors, training data, layers), compressed; answers questions at once.
+
+    Build with :meth:`build` (or :func:`fit_and_index`), save with :meth:`save`, reopen with :meth:`load`.
+
+    Attributes:
+        rows: Index rows [n_rows, width] (float16/32/64; a read-only memory map after :meth:`load`), rows
+            ``meta["rows"] = [start, stop]`` of the training set.
+        meta: What the index was built for (JSON-able); ``kind`` is ``exact`` or ``projected``.
+        engine: The engine that preconditions queries and re-scores candidates.
+        scales: Per-row factors [n_rows] the stored rows are multiplied by (float16 storage), or None.
+        train_texts, train_labels: The training set (needed by the exact re-scoring), or None.
+    """
+
+    def __init__(self, rows: np.ndarray, meta: dict, engine: InfluenceEngine,
+                 train_texts: Sequence[str] | None = None, train_labels: Sequence[int] | np.ndarray | None = None,
+                 scales: np.ndarray | None = None):
+        self.rows, self.meta, self.engine, self.scales = rows, meta, engine, scales
+        self.train_texts = None if train_texts is None else list(train_texts)
+        self.train_labels = None if train_labels is None else np.asarray(train_labels, dtype=np.int64)
+        self._projector: _Projector | None = None
+
+    # ----------------------------------------------------------------- building
+    @staticmethod
+    def plan(engine: InfluenceEngine, n_train: int, config: IndexConfig) -> dict:
+        """The metadata of an index of ``n_train`` examples: exact or projected, and the block sizes per layer."""
+        shapes = {}
+        for name in engine.layers:
+            module = engine.tracker.modules[name]
+            shapes[name] = [module.out_features, module.in_features + (module.bias is not None)]
+        element = np.dtype(STORAGE[config.dtype]).itemsize
+        full = sum(out * width for out, width in shapes.values())
+        exact = config.exact if config.exact is not None else n_train * full * element <= config.memory_bytes
+        k = config.projection
+        projected = {name: ([out, width] if exact else _block(out, width, k, config.allocation))
+                     for name, (out, width) in shapes.items()}
+        return {
+            "format_version": INDEX_FORMAT,
+            "kind": "exact" if exact or projected == shapes else "projected",
+            "layers": list(engine.layers),
+            "shapes": shapes,
+            "projected": projected,
+            "projection_size": k,
+            "seed": config.seed,
+            "distribution": config.distribution,
+            "dtype": config.dtype,
+            "allocation": config.allocation,
+            "whiten": {"exponent": config.whiten_exponent, "eps": config.whiten_eps, "eigenvalues": "kfac"},
+            "config": asdict(config),
+            "n_train": n_train,
+            "model_fingerprint": engine.fingerprint,
+            "max_length": engine.config.max_length,
+        }
+
+    @classmethod
+    def build(cls, engine: InfluenceEngine, train_texts: Sequence[str], train_labels: Sequence[int] | np.ndarray, *,
+              config: IndexConfig | None = None, start: int = 0, stop: int | None = None,
+              progress: Progress | None = None, info: dict | None = None) -> GradientIndex:
+        """One pass over training rows ``[start, stop)`` (a shard; :meth:`concatenate` joins shards in order).
+
+        The engine's factors (if any) are recorded so that the index refuses other ones later; ``info`` adds
+        free-form metadata (model path, training file, ...).
+        """
+        builder = _Builder(engine, train_texts, train_labels, config or IndexConfig(), start, stop, info)
+        encoded = builder.encoded
+        counter = ProgressCounter(progress, num_batches(len(encoded), engine.config.batch_size))
+        with engine.session():
+            for batch in batches(encoded, engine.config.batch_size, engine.config.device):
+                _, captures = engine.tracker.run(batch, label_terms(batch.labels))
+                builder.absorb(batch.index, {name: c.g[0] for name, c in captures.items()}, captures)
+                counter.step("index")
+        return builder.finish()
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[GradientIndex]) -> GradientIndex:
+        """Join shards built with the same settings into one index (in the order of their rows)."""
+        if not parts:
+            raise DataError("no index shards to join")
+        parts = sorted(parts, key=lambda p: p.meta["rows"][0])
+        first = parts[0]
+        ignore = {"rows", "created"}
+        expected = 0
+        for part in parts:
+            if {k: v for k, v in part.meta.items() if k not in ignore} != {k: v for k, v in first.meta.items()
+                                                                           if k not in ignore}:
+                raise DataError("index shards were built with different settings, data or model; rebuild them")
+            if part.meta["rows"][0] != expected:
+                raise DataError(f"index shards leave a gap or overlap at training row {expected}")
+            expected = part.meta["rows"][1]
+        meta = {**first.meta, "rows": [0, expected]}
+        rows = np.concatenate([np.asarray(p.rows) for p in parts], axis=0)
+        scales = None if first.scales is None else np.concatenate([p.scales for p in parts])
+        return cls(rows, meta, first.engine, first.train_texts, first.train_labels, scales)
+
+    # ----------------------------------------------------------------- files
+    def save(self, folder: str | Path, *, factors: bool = True) -> Path:
+        """Write ``rows.npy``, ``index.json`` and (``factors=True``, when the engine has them) ``factors.safetensors``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / ROWS_FILE, np.ascontiguousarray(self.rows))
+        if self.scales is not None:
+            np.save(folder / SCALES_FILE, self.scales)
+        meta = dict(self.meta)
+        if factors and self.engine.factors is not None:
+            self.engine.factors.save(folder / FACTORS_FILE)
+            meta["factors_file"] = FACTORS_FILE
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return folder
+
+    @staticmethod
+    def read_meta(folder: str | Path) -> dict:
+        path = Path(folder) / META_FILE
+        if not path.is_file():
+            raise FactorsError(f"no gradient index at {folder} (missing {META_FILE}); build one with "
+                               "`python -m influence_core index ...`")
+        try:
+            meta = json.loads(path.read_text())
+        except ValueError as err:
+            raise FactorsError(f"{path} is not an index written by influence_core ({err})") from None
+        if meta.get("format_version") != INDEX_FORMAT:
+            raise FactorsError(f"{path} has index format {meta.get('format_version')}, expected {INDEX_FORMAT}")
+        return meta
+
+    @classmethod
+    def load(cls, folder: str | Path, engine: InfluenceEngine, train_texts: Sequence[str] | None = None,
+             train_labels: Sequence[int] | np.ndarray | None = None) -> GradientIndex:
+        """Open a saved index for ``engine`` (memory-mapped), refusing one built for another model, layer set,
+        factors, tokenizer setting or training set. Loads the stored factors if the engine has none."""
+        folder = Path(folder)
+        meta = cls.read_meta(folder)
+        if engine.factors is None and engine.config.method != "identity" and meta.get("factors_file"):
+            engine.load_factors(folder / meta["factors_file"])
+        try:
+            rows = np.load(folder / ROWS_FILE, mmap_mode="r")
+            scales = np.load(folder / SCALES_FILE) if meta["dtype"] == "float16" else None
+        except (OSError, ValueError) as err:
+            raise FactorsError(f"cannot read the index rows in {folder} ({err}); rebuild the index") from None
+        index = cls(rows, meta, engine, train_texts, train_labels, scales)
+        index.check(train_texts, train_labels)
+        return index
+
+    def check(self, train_texts: Sequence[str] | None = None, train_labels=None) -> None:
+        """Raise FactorsError / DataError unless this index fits its engine (and the given training set)."""
+        meta, engine = self.meta, self.engine
+        if meta["model_fingerprint"] != engine.fingerprint:
+            raise FactorsError(f"this index was built for another model (fingerprint {meta['model_fingerprint']}, "
+                               f"this model is {engine.fingerprint}); rebuild the index for this model")
+        if meta["layers"] != list(engine.layers):
+            raise FactorsError(f"this index covers layers {', '.join(meta['layers'][:4])}, the engine tracks "
+                               f"{', '.join(engine.layers[:4])}; use the index's layers or rebuild it")
+        if meta["max_length"] != engine.config.max_length:
+            raise DataError(f"this index was built with max_length {meta['max_length']}, the engine uses "
+                            f"{engine.config.max_length}; use the same tokenizer settings")
+        if engine.config.method != "identity":
+            found = factors_fingerprint(engine.factors)
+            if engine.factors is None or found != meta.get("factors_fingerprint"):
+                raise FactorsError(f"this index was built with other factors ({meta.get('factors_fingerprint')}, "
+                                   f"the engine has {found}); use the index's factors or rebuild the index")
+        if self.rows.shape != (meta["rows"][1] - meta["rows"][0], self.projector().width):
+            raise FactorsError(f"the index rows have shape {self.rows.shape}, its metadata says otherwise; rebuild it")
+        if train_texts is not None:
+            if train_labels is None or training_hash(train_texts, train_labels) != meta["train_hash"]:
+                raise DataError("this index was built for other training data (texts or labels differ, hash "
+                                f"{meta['train_hash']}); rebuild the index for this training set")
+
+    def projector(self) -> _Projector:
+        if self._projector is None:
+            self._projector = _Projector(self.meta, self.engine.config.torch_dtype, self.engine.config.device,
+                                         self.engine.factors)
+        return self._projector
+
+    @property
+    def bytes_per_example(self) -> int:
+        return int(self.rows.shape[1] * self.rows.dtype.itemsize)
+
+    # ----------------------------------------------------------------- questions
+    def estimates(self, texts: Sequence[str] | Encoded, labels, *, dampings: Sequence[float] | None = None,
+                  chunk_rows: int = 16384) -> np.ndarray:
+        """Index estimates of the influence of every indexed training row on each query, [K, n_query, n_rows].
+
+        Exact (up to storage rounding) for ``kind="exact"``, unbiased otherwise; positive = helpful. ``dampings``
+        as in :meth:`InfluenceEngine.score` (default: the engine config's single value)."""
+        engine = self.engine
+        values = engine.damping_values(dampings)
+        test = engine.encode(texts, labels)
+        if (test.labels < 0).any():
+            raise DataError("every query needs a label")
+        rotations, weights = engine.preconditioner(values)
+        routes = {name: "rotated" for name in engine.layers}
+        projector = self.projector()
+        with engine.session():
+            queries, _, _ = engine.query_gradients(test, rotations, weights, ProgressCounter(None, 0), routes)
+        k, n = len(values), len(test)
+        blocks = []
+        for name in engine.layers:
+            query = queries[name]  # [n, out*in]: rotated (divided by L + damping when k == 1), or plain (identity)
+            if weights[name] is not None and k > 1:
+                query = query.unsqueeze(0) * weights[name].unsqueeze(1)
+            else:
+                query = query.unsqueeze(0).expand(k, -1, -1)
+            blocks.append(projector.query_block(name, query, self.meta["shapes"][name][0]))
+        projected = torch.cat(blocks, dim=-1).reshape(k * n, -1)  # [K*n, width]
+        out = np.empty((k * n, self.rows.shape[0]))
+        for s in range(0, self.rows.shape[0], chunk_rows):
+            part = torch.from_numpy(np.array(self.rows[s:s + chunk_rows])).to(projected.device)
+            out[:, s:s + chunk_rows] = (projected @ part.to(projected.dtype).T).double().cpu().numpy()
+        if self.scales is not None:
+            out *= self.scales
+        return out.reshape(k, n, -1)
+
+    def query(self, texts: Sequence[str], labels, *, top: int = 10, rerank: int = 100, damping: float | None = None,
+              progress: Progress | None = None) -> pd.DataFrame:
+        """The ``top`` most helpful and most harmful training rows for each query.
+
+        The index proposes ``max(rerank, top)`` helpful and as many harmful candidates per query; the engine then
+        re-scores them exactly in one small pass (``exact = 1``) and they are ranked by those scores. ``rerank=0``
+        returns the index estimates (``exact = 0``). ``damping``: absolute, or relative when the engine's config is.
+
+        Returns:
+            One row per (query, direction, rank): ``query`` (0-based row of ``texts``), ``direction``
+            (``helpful``/``harmful``), ``rank`` (1..top), ``train_row`` (0-based row of the training set),
+            ``influence`` (positive = helpful) and ``exact`` (1 if re-scored by the engine).
+        """
+        if top < 1:
+            raise ConfigError(f"top must be at least 1, got {top}")
+        if rerank < 0:
+            raise ConfigError(f"rerank must be >= 0, got {rerank}")
+        if self.meta["rows"] != [0, self.meta["n_train"]]:
+            raise DataError("this index is a shard; join every shard (GradientIndex.concatenate) before asking")
+        dampings = None if damping is None else [damping]
+        estimates = self.estimates(texts, labels, dampings=dampings)[0]  # [n_query, n_train]
+        n_train = estimates.shape[1]
+        top = min(top, n_train)
+        records = []
+        if rerank == 0:
+            for q, row in enumerate(estimates):
+                for direction, order in (("helpful", np.argsort(-row, kind="stable")),
+                                         ("harmful", np.argsort(row, kind="stable"))):
+                    records += [(q, direction, r + 1, int(m), float(row[m]), 0) for r, m in enumerate(order[:top])]
+            return _frame(records)
+        if self.train_texts is None or self.train_labels is None:
+            raise DataError("re-scoring needs the training set: load the index with train_texts and train_labels")
+        width = min(max(rerank, top), n_train)
+        candidates = []
+        for row in estimates:
+            helpful = np.argpartition(-row, width - 1)[:width]
+            harmful = np.argpartition(row, width - 1)[:width]
+            candidates.append(np.union1d(helpful, harmful))
+        union = np.unique(np.concatenate(candidates))
+        table = self.engine.score(texts, labels, [self.train_texts[m] for m in union], self.train_labels[union],
+                                  dampings=dampings, self_influence=False, progress=progress)
+        exact = table.total(0)  # [n_query, n_union]
+        for q, mine in enumerate(candidates):
+            values = exact[q, np.searchsorted(union, mine)]
+            for direction, order in (("helpful", np.lexsort((mine, -values))), ("harmful", np.lexsort((mine, values)))):
+                records += [(q, direction, r + 1, int(mine[i]), float(values[i]), 1) for r, i in enumerate(order[:top])]
+        return _frame(records)
+
+
+def _block(out: int, width: int, k: int, allocation: str) -> list[int]:
+    """``[k_out, k_in]`` of a layer's block: at most ``k * k`` entries, a side no larger than needed kept whole.
+
+    ``square`` gives both sides ``k``, ``proportional`` splits ``k * k`` in the ratio ``out : width``; a side that
+    is kept whole hands the rest of the budget to the other one (a 2-class head is then often stored exactly)."""
+    budget = k * k
+    if out * width <= budget:
+        return [out, width]
+    k_out = k if allocation == "square" else round(k * (out / width) ** 0.5)
+    k_out = max(1, min(out, k_out, budget))
+    k_in = min(width, max(1, budget // k_out))
+    if k_in == width:
+        k_out = min(out, max(1, budget // width))
+    return [k_out, k_in]
+
+
+def _frame(records: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame.from_records(records, columns=["query", "direction", "rank", "train_row", "influence", "exact"])
+
+
+class _Builder:
+    """Accumulates index rows batch by batch, from its own pass or from the fit's eigenvalue pass."""
+
+    def __init__(self, engine: InfluenceEngine, texts, labels, config: IndexConfig, start: int = 0,
+                 stop: int | None = None, info: dict | None = None):
+        texts = list(texts)
+        if labels is None:
+            raise DataError("the index needs the labels of the training examples")
+        labels = np.asarray(labels, dtype=np.int64)
+        stop = len(texts) if stop is None else min(stop, len(texts))
+        if not 0 <= start < stop:
+            raise DataError(f"index rows [{start}, {stop}) are empty or outside the {len(texts)} training examples")
+        self.engine, self.config = engine, config
+        self.encoded = engine.encode(texts[start:stop], labels[start:stop])
+        if (self.encoded.labels < 0).any():
+            raise DataError("every training example needs a label to be indexed")
+        self.meta = GradientIndex.plan(engine, len(texts), config)
+        self.meta.update({
+            "rows": [start, stop], "train_hash": training_hash(texts, labels), "method": engine.config.method,
+            "fisher": engine.config.fisher, "factors_fingerprint": factors_fingerprint(engine.factors),
+            "info": dict(info or {}), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        self.texts, self.labels, self.stop = texts, labels, stop
+        self.factors = engine.factors
+        self._projector: _Projector | None = None
+        width = sum(k_out * k_in for k_out, k_in in self.meta["projected"].values())
+        self.rows = np.zeros((stop - start, width), dtype=STORAGE[config.dtype])
+        self.scales = np.ones(stop - start, dtype=np.float32) if config.dtype == "float16" else None
+        self.seen = np.zeros(stop - start, dtype=bool)
+
+    def absorb(self, index: np.ndarray, gradients: dict[str, torch.Tensor], captures: dict[str, LayerCapture]) -> None:
+        """Store rows ``index`` (positions in the shard) from output gradients [B, T, out] of the given labels."""
+        if self._projector is None:
+            if self.meta["method"] != "identity" and self.factors is None:
+                raise FactorsError("no factors yet: fit the engine before building a gradient index")
+            self._projector = _Projector(self.meta, self.engine.config.torch_dtype, self.engine.config.device,
+                                         self.factors)
+        blocks = [self._projector.training_block(name, captures[name].a, gradients[name])
+                  for name in self.engine.layers]
+        rows = torch.cat(blocks, dim=-1).double().cpu().numpy()
+        if self.scales is not None:
+            scale = np.abs(rows).max(axis=1)
+            scale[scale == 0] = 1.0
+            self.scales[index] = scale
+            rows = rows / scale[:, None]
+        self.rows[index] = rows.astype(self.rows.dtype)
+        self.seen[index] = True
+
+    def absorb_fisher(self, batch: Batch, logits: torch.Tensor, captures: dict[str, LayerCapture]) -> None:
+        """The fit's hook: turn captures of the Fisher terms into given-label gradients, then :meth:`absorb`.
+
+        The cross-entropy gradient ``p - e_y`` is a multiple of a true-Fisher term: ``-v_y / sqrt(p_y)`` with
+        ``v_c = sqrt(p_c)(e_c - p)``, and for two classes (one term ``sqrt(p_0 p_1)(1, -1)``) ``sqrt(p_0/p_1)``
+        times it when ``y = 1`` and ``-sqrt(p_1/p_0)`` when ``y = 0``. The backward pass is linear, so the
+        captured gradients scale the same way. With the empirical Fisher the term is the gradient itself.
+        """
+        fisher = self.engine.config.fisher
+        labels = batch.labels
+        rows = torch.arange(len(batch), device=labels.device)
+        if fisher == "empirical":
+            gradients = {name: c.g[0] for name, c in captures.items()}
+        else:
+            z = logits.double()
+            log_p = torch.log_softmax(z, dim=-1)
+            if z.shape[-1] == 2:
+                half = 0.5 * (z[:, 0] - z[:, 1])
+                scale = torch.where(labels == 1, torch.exp(half), -torch.exp(-half))
+                pick = torch.zeros_like(labels)
+            else:
+                scale = -torch.exp(-0.5 * log_p[rows, labels])
+                pick = labels
+            gradients = {}
+            for name, c in captures.items():
+                g = c.g[pick, rows]  # [B, T, out]
+                gradients[name] = g * scale.to(g.dtype).reshape(-1, *([1] * (g.dim() - 1)))
+        self.absorb(batch.index, gradients, captures)
+
+    def finish(self) -> GradientIndex:
+        if not self.seen.all():
+            raise DataError(f"{int((~self.seen).sum())} training rows were not indexed")
+        self.meta["factors_fingerprint"] = factors_fingerprint(self.engine.factors)
+        return GradientIndex(self.rows, self.meta, self.engine, self.texts, self.labels, self.scales)
+
+
+def fit_and_index(engine: InfluenceEngine, train_texts: Sequence[str], train_labels, *,
+                  config: IndexConfig | None = None, progress: Progress | None = None,
+                  info: dict | None = None) -> tuple[Factors, GradientIndex]:
+    """Fit the factors on the training set and index it, riding on the fit's eigenvalue-correction pass.
+
+    The EK-FAC pass already captures every example's gradients for the Fisher terms; with the ``true`` or
+    ``empirical`` Fisher they are multiples of the given-label gradients, so the index costs no extra pass. For
+    ``kfac``, ``identity`` or the ``sampled`` Fisher the index is built in a pass of its own after the fit.
+    """
+    config = config or IndexConfig()
+    if engine.config.method != "ekfac" or engine.config.fisher == "sampled":
+        factors = engine.fit(train_texts, train_labels, progress=progress) if engine.config.method != "identity" \
+            else None
+        return factors, GradientIndex.build(engine, train_texts, train_labels, config=config, progress=progress,
+                                            info=info)
+    builder = _Builder(engine, train_texts, train_labels, config, info=info)
+    # engine.fit's two stages, so that the rows (whitened in the factors' eigenbasis) can ride on the second one
+    encoded = builder.encoded
+    statistics = engine.covariance_statistics(encoded, progress=progress)
+    factors = Factors(statistics, engine.config.method, engine.config.fisher, engine.fingerprint, len(encoded),
+                      meta={"max_length": engine.config.max_length})
+    for name, layer in factors.layers.items():
+        layer.eigendecompose(name)
+    builder.factors = factors
+    engine.eigenvalue_statistics(encoded, factors, progress=progress, on_batch=builder.absorb_fisher)
+    engine.factors = factors
+    return factors, builder.finish()
+
+
+__all__ = ["GradientIndex", "IndexConfig", "factors_fingerprint", "fit_and_index", "projection_matrix",
+           "training_hash"]

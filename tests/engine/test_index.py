@@ -1,0 +1,168 @@
+"""The gradient index against the engine: exact when unprojected, unbiased when projected, refused when stale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from influence_core import EngineConfig, InfluenceEngine
+from influence_core.engine.index import GradientIndex, IndexConfig, fit_and_index
+from influence_core.errors import ConfigError, DataError, FactorsError
+from tests.conftest import TinyMLP, tiny_bert
+
+DAMPING = 1e-3
+EXACT = IndexConfig(exact=True, dtype="float64")
+
+
+def _engine(model, tokenizer, **overrides):
+    config = EngineConfig(**{"dtype": "float64", "damping": DAMPING, "batch_size": 3, **overrides})
+    return InfluenceEngine(model, tokenizer, config)
+
+
+def _fitted(tokenizer, texts, model=None, **overrides):
+    engine = _engine(model or tiny_bert(), tokenizer, **overrides)
+    if engine.config.method != "identity":
+        engine.fit(texts)
+    return engine
+
+
+def _close(actual, expected, tol=1e-6):
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("method", ["ekfac", "kfac", "identity"])
+def test_identity_projection_equals_the_engine(method, tokenizer, texts, labels):
+    engine = _fitted(tokenizer, texts, method=method)
+    index = GradientIndex.build(engine, texts, labels, config=EXACT)
+    assert index.meta["kind"] == "exact"
+    expected = engine.score(texts[:3], labels[:3], texts, labels, self_influence=False).total(0)
+    _close(index.estimates(texts[:3], labels[:3])[0], expected)
+
+
+def test_a_damping_change_only_repreconditions_the_queries(tokenizer, texts, labels):
+    engine = _fitted(tokenizer, texts)
+    index = GradientIndex.build(engine, texts, labels, config=EXACT)
+    dampings = [1e-4, 1e-1]
+    expected = engine.score(texts[:2], labels[:2], texts, labels, dampings=dampings, self_influence=False)
+    got = index.estimates(texts[:2], labels[:2], dampings=dampings)
+    for k in range(len(dampings)):
+        _close(got[k], expected.total(k))
+    relative = _engine(engine.model, tokenizer, relative_damping=0.5)
+    relative.factors = engine.factors
+    rel_index = GradientIndex(index.rows, index.meta, relative, texts, labels)
+    _close(rel_index.estimates(texts[:2], labels[:2])[0],
+           relative.score(texts[:2], labels[:2], texts, labels, self_influence=False).total(0))
+
+
+def test_projected_scores_are_unbiased(tokenizer, texts, labels):
+    """One small layer (5 x 7), both sides projected to 3: the mean over seeds converges to the exact score."""
+    engine = _fitted(tokenizer, texts, model=TinyMLP(), layers="hidden")
+    exact = engine.score(texts[:2], labels[:2], texts, labels, self_influence=False).total(0)
+    draws = []
+    for seed in range(300):
+        config = IndexConfig(projection=3, exact=False, seed=seed, dtype="float64",
+                             distribution="rademacher" if seed % 2 else "gaussian")
+        index = GradientIndex.build(engine, texts, labels, config=config)
+        assert index.meta["kind"] == "projected" and index.rows.shape == (len(texts), 9)
+        draws.append(index.estimates(texts[:2], labels[:2])[0])
+    draws = np.array(draws)
+    error = np.abs(draws.mean(0) - exact)
+    stderr = draws.std(0) / np.sqrt(len(draws))
+    assert (error <= 4.5 * stderr + 1e-12).all()
+    assert np.abs(draws[0] - exact).max() > 10 * error.max()  # one draw is noisy; the mean is not
+
+
+def test_exact_rows_are_chosen_when_they_fit_the_budget(tokenizer, texts, labels):
+    engine = _fitted(tokenizer, texts)
+    assert GradientIndex.build(engine, texts, labels).meta["kind"] == "exact"
+    small = GradientIndex.build(engine, texts, labels, config=IndexConfig(memory_bytes=1000, projection=4))
+    assert small.meta["kind"] == "projected"
+    assert all(k_out <= 4 and k_in <= 4 for k_out, k_in in small.meta["projected"].values())
+    assert small.bytes_per_example == small.rows.shape[1] * 4
+
+
+def test_a_sharded_build_equals_a_one_shot_build(tokenizer, texts, labels):
+    engine = _fitted(tokenizer, texts)
+    config = IndexConfig(projection=4, exact=False, dtype="float64")
+    whole = GradientIndex.build(engine, texts, labels, config=config)
+    seen = []
+    parts = [GradientIndex.build(engine, texts, labels, config=config, start=s, stop=e,
+                                 progress=lambda d, t, stage: seen.append((d, t, stage)))
+             for s, e in ((3, 7), (0, 3))]
+    joined = GradientIndex.concatenate(parts)
+    np.testing.assert_allclose(joined.rows, whole.rows, rtol=1e-12, atol=1e-15)
+    assert joined.meta["rows"] == [0, len(texts)] and seen[-1] == (1, 1, "index")
+    with pytest.raises(DataError, match="gap"):
+        GradientIndex.concatenate(parts[:1])
+    with pytest.raises(DataError, match="shard"):
+        parts[0].query(texts[:1], labels[:1])
+
+
+@pytest.mark.parametrize("fisher,classes", [("true", 2), ("true", 3), ("empirical", 2)])
+def test_fit_and_index_rides_on_the_eigenvalue_pass(fisher, classes, tokenizer, texts, labels):
+    labels = [y if classes == 2 else i % 3 for i, y in enumerate(labels)]
+    engine = _engine(tiny_bert(num_labels=classes), tokenizer, fisher=fisher)
+    factors, riding = fit_and_index(engine, texts, labels, config=EXACT)
+    separate = GradientIndex.build(engine, texts, labels, config=EXACT)
+    _close(riding.rows, separate.rows, 1e-9)
+    assert riding.meta["factors_fingerprint"] == separate.meta["factors_fingerprint"]
+    reference = _engine(engine.model, tokenizer, fisher=fisher)
+    reference.fit(texts, labels)
+    for name in engine.layers:
+        _close(factors.layers[name].l_sum, reference.factors.layers[name].l_sum, 1e-12)
+
+
+def test_query_reranks_with_the_engine(tokenizer, texts, labels):
+    engine = _fitted(tokenizer, texts)
+    exact = engine.score(texts[:2], labels[:2], texts, labels, self_influence=False).total(0)
+    projected = GradientIndex.build(engine, texts, labels, config=IndexConfig(projection=2, exact=False))
+    answer = projected.query(texts[:2], labels[:2], top=3, rerank=len(texts))
+    assert list(answer.columns) == ["query", "direction", "rank", "train_row", "influence", "exact"]
+    assert len(answer) == 2 * 2 * 3 and (answer["exact"] == 1).all()
+    for q in range(2):
+        for direction, order in (("helpful", np.argsort(-exact[q])), ("harmful", np.argsort(exact[q]))):
+            rows = answer[(answer["query"] == q) & (answer["direction"] == direction)].sort_values("rank")
+            assert rows["train_row"].tolist() == order[:3].tolist()
+            _close(rows["influence"].to_numpy(), exact[q, order[:3]])
+    estimates = projected.query(texts[:2], labels[:2], top=2, rerank=0)
+    assert (estimates["exact"] == 0).all()
+    first = estimates[(estimates["query"] == 0) & (estimates["direction"] == "helpful")]
+    assert first["influence"].is_monotonic_decreasing
+    with pytest.raises(ConfigError):
+        projected.query(texts[:1], labels[:1], top=0)
+
+
+def test_a_stale_or_mismatched_index_is_refused(tokenizer, texts, labels, tmp_path):
+    engine = _fitted(tokenizer, texts)
+    GradientIndex.build(engine, texts, labels, config=EXACT, info={"train_file": "x.csv"}).save(tmp_path / "ix")
+    fresh = _engine(engine.model, tokenizer)
+    loaded = GradientIndex.load(tmp_path / "ix", fresh, texts, labels)  # loads the stored factors
+    assert isinstance(loaded.rows, np.memmap) and loaded.meta["info"]["train_file"] == "x.csv"
+    _close(loaded.estimates(texts[:1], labels[:1])[0],
+           engine.score(texts[:1], labels[:1], texts, labels, self_influence=False).total(0))
+    with pytest.raises(FactorsError, match="another model"):
+        GradientIndex.load(tmp_path / "ix", _fitted(tokenizer, texts, model=tiny_bert(seed=1)), texts, labels)
+    with pytest.raises(DataError, match="other training data"):
+        GradientIndex.load(tmp_path / "ix", engine, texts, [1 - y for y in labels])
+    with pytest.raises(FactorsError, match="other factors"):
+        other = _engine(engine.model, tokenizer)
+        other.fit(texts[:4])
+        GradientIndex.load(tmp_path / "ix", other, texts, labels)
+    with pytest.raises(FactorsError, match="layers"):
+        GradientIndex.load(tmp_path / "ix", _fitted(tokenizer, texts, model=engine.model, layers="head"))
+    with pytest.raises(DataError, match="max_length"):
+        GradientIndex.load(tmp_path / "ix", _fitted(tokenizer, texts, model=engine.model, max_length=8))
+    with pytest.raises(FactorsError, match="no gradient index"):
+        GradientIndex.load(tmp_path / "missing", engine)
+
+
+def test_float16_rows_keep_small_gradients(tokenizer, texts, labels, tmp_path):
+    engine = _fitted(tokenizer, texts)
+    exact = GradientIndex.build(engine, texts, labels, config=EXACT)
+    half = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=True, dtype="float16"))
+    assert half.scales is not None and half.bytes_per_example == exact.rows.shape[1] * 2
+    _close(half.estimates(texts[:2], labels[:2])[0], exact.estimates(texts[:2], labels[:2])[0], 2e-3)
+    half.save(tmp_path / "half")
+    loaded = GradientIndex.load(tmp_path / "half", engine, texts, labels)
+    _close(loaded.estimates(texts[:2], labels[:2])[0], half.estimates(texts[:2], labels[:2])[0], 1e-12)
