@@ -54,16 +54,17 @@ def _floor_seconds(engine, encoded) -> float:
 
 
 def _agreement(estimates: np.ndarray, exact: np.ndarray, top: int, candidates: int) -> dict:
-    pearson, covered = [], []
+    pearson, covered = [], {1: [], -1: []}
     for est, ex in zip(estimates, exact):
         pearson.append(float(np.corrcoef(est, ex)[0, 1]))
-        ok = True
         for sign in (1, -1):
             truth = set(np.argsort(-sign * ex)[:top])
             proposed = set(np.argsort(-sign * est)[:candidates])
-            ok &= truth <= proposed
-        covered.append(ok)
-    return {"median_pearson": float(np.median(pearson)), "top_in_candidates": float(np.mean(covered))}
+            covered[sign].append(truth <= proposed)
+    both = np.logical_and(covered[1], covered[-1])
+    return {"median_pearson": float(np.median(pearson)), "min_pearson": float(np.min(pearson)),
+            "top_in_candidates": float(np.mean(both)), "helpful_in_candidates": float(np.mean(covered[1])),
+            "harmful_in_candidates": float(np.mean(covered[-1]))}
 
 
 def _reranked_equal(answer, exact: np.ndarray, top: int) -> tuple[float, float]:
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="index storage")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    parser.add_argument("--whiten-exponent", type=float, default=None, help="default: IndexConfig's")
+    parser.add_argument("--allocation", default=None, choices=["square", "proportional"],
+                        help="default: IndexConfig's")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
     engine = InfluenceEngine(model, tokenizer, EngineConfig(layers=args.layers, max_length=args.max_length,
                                                             batch_size=args.batch_size))
     sizes = [int(s) for s in args.projections.split(",")]
+    extra = {key: value for key, value in (("whiten_exponent", args.whiten_exponent),
+                                           ("allocation", args.allocation)) if value is not None}
     result: dict = {"args": vars(args), "layers": engine.layers, "n_train": args.n_train,
                     "threads": torch.get_num_threads(), "projections": {}}
     encoded = engine.encode(texts, labels)
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["fit_seconds"] = time.perf_counter() - start
     start = time.perf_counter()
     _, riding = fit_and_index(engine, texts, labels,
-                              config=IndexConfig(projection=sizes[0], exact=False, dtype=args.dtype))
+                              config=IndexConfig(projection=sizes[0], exact=False, dtype=args.dtype, **extra))
     result["fit_and_index_seconds"] = time.perf_counter() - start
     start = time.perf_counter()
     exact = engine.score(q_texts, q_labels, encoded, None, self_influence=False).total(0)
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     for k in sizes:
         start = time.perf_counter()
         index = riding if k == sizes[0] else GradientIndex.build(
-            engine, texts, labels, config=IndexConfig(projection=k, exact=False, dtype=args.dtype))
+            engine, texts, labels, config=IndexConfig(projection=k, exact=False, dtype=args.dtype, **extra))
         build = time.perf_counter() - start
         start = time.perf_counter()
         estimates = index.estimates(q_texts, q_labels)[0]
@@ -164,11 +170,12 @@ def _write(result: dict) -> None:
              "", f"floor pass {result['floor_seconds']:.1f} s, fit {result['fit_seconds']:.1f} s, fit + index "
              f"{result['fit_and_index_seconds']:.1f} s, exact engine scores {result['engine_score_seconds']:.1f} s; "
              f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB; {result['threads']} threads", "",
-             "| k | bytes/example | build s | median Pearson | exact top-10 in top-100 | rerank top-10 equal "
-             "(order / set) | one query s | lookup ms |", "|---|---|---|---|---|---|---|---|"]
+             "| k | bytes/example | build s | median Pearson | exact top-10 in top-100 (both / helpful / harmful) "
+             "| rerank top-10 equal (order / set) | one query s | lookup ms |", "|---|---|---|---|---|---|---|---|"]
     for k, e in result["projections"].items():
         lines.append(f"| {k} | {e['bytes_per_example']} | {e['build_seconds']:.1f} | {e['median_pearson']:.3f} | "
-                     f"{e['top_in_candidates']:.2f} | {e['rerank_top_equal']:.2f} / {e['rerank_top_same_set']:.2f} | "
+                     f"{e['top_in_candidates']:.2f} / {e['helpful_in_candidates']:.2f} / "
+                     f"{e['harmful_in_candidates']:.2f} | {e['rerank_top_equal']:.2f} / {e['rerank_top_same_set']:.2f} | "
                      f"{e['latency_one_query_seconds']:.2f} | {1000 * e['lookup_seconds']:.2f} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {stem}.json and .md")

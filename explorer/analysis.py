@@ -23,8 +23,11 @@ from explorer.spec import (
     demo_model_ready,
     factors_path,
     factors_ready,
+    index_dir,
+    index_ready,
 )
-from explorer.store import ModelStore
+from explorer.store import INDEX_CONFIG, ModelStore
+from influence_core.engine.index import GradientIndex, fit_and_index
 from influence_core.engine.scores import ScoreTable
 from influence_core.errors import DataError, FactorsError
 from influence_core.sources.data import DataSource, align_labels, check_texts, load_table
@@ -170,6 +173,7 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
 
     engine = InfluenceEngine(loaded.model, loaded.tokenizer, spec.config)
     fitted = "reused"
+    index = None
     if spec.config.method != "identity":
         path = factors_path(spec)
         loaded_factors = False
@@ -180,11 +184,18 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
             except FactorsError:
                 path.unlink(missing_ok=True)
         if not loaded_factors:
-            engine.fit(train["text"].tolist(), train["label"].to_numpy(), progress=sub("fit"))
+            # the index rides on the fit's second pass (no pass of its own for the true or empirical Fisher)
+            _, index = fit_and_index(engine, train["text"].tolist(), train["label"].to_numpy(),
+                                     config=INDEX_CONFIG, progress=sub("fit"))
             engine.save_factors(path)
             fitted = "fitted"
     else:
         fitted = "not needed (identity)"
+    if index is None and not index_ready(spec):
+        index = GradientIndex.build(engine, train["text"].tolist(), train["label"].to_numpy(), config=INDEX_CONFIG,
+                                    progress=sub("fit"))
+    if index is not None:
+        index.save(index_dir(spec), factors=False)
     table = engine.score(
         test["text"].tolist(),
         test["label"].to_numpy(),
@@ -193,6 +204,13 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
         dampings=list(spec.dampings),
         progress=sub("score"),
     )
+    agreement = None
+    if index is not None or index_ready(spec):
+        index = index or GradientIndex.load(index_dir(spec), engine, train["text"].tolist(), train["label"].to_numpy())
+        k = table.damping_index(spec.chosen_damping)
+        estimates = index.estimates(test["text"].tolist(), test["label"].to_numpy(), dampings=[table.dampings[k]])[0]
+        agreement = index_agreement(estimates, table.total(k))
+        agreement.update(kind=index.meta["kind"], bytes_per_example=index.bytes_per_example)
     folder = analysis_dir(spec)
     table.save(folder / "scores.npz")
     _table_for_disk(train).to_parquet(folder / "train.parquet", index=False)
@@ -208,12 +226,33 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
         "n_test": len(test),
         "notes": notes,
         "factors": fitted,
+        "index": agreement,
         "seconds": round(seconds, 1),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     record_speed(spec, len(train), len(test), seconds, needs_finetune, needs_fit)
     (folder / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return folder
+
+
+def index_agreement(estimates: np.ndarray, exact: np.ndarray, top: int = 10, candidates: int = 50) -> dict:
+    """How well the index's estimates ``[n_test, n_train]`` agree with the engine's exact scores (same shape).
+
+    ``median_pearson``: median over test reviews of the Pearson correlation of the two rows; ``recall``: the share
+    of the exact ``top`` most helpful and most harmful training reviews found among the index's ``candidates``
+    per direction (what the exact re-score then ranks).
+    """
+    pearsons, found, wanted = [], 0, 0
+    width = min(candidates, exact.shape[1])
+    for guess, truth in zip(estimates, exact, strict=True):
+        if np.std(guess) > 0 and np.std(truth) > 0:
+            pearsons.append(float(np.corrcoef(guess, truth)[0, 1]))
+        for sign in (1.0, -1.0):
+            best = set(np.argsort(-sign * truth)[:top].tolist())
+            found += len(best & set(np.argsort(-sign * guess)[:width].tolist()))
+            wanted += len(best)
+    return {"median_pearson": float(np.median(pearsons)) if pearsons else float("nan"),
+            "recall": found / max(wanted, 1), "top": top, "candidates": width, "queries": int(exact.shape[0])}
 
 
 def _table_for_disk(frame: pd.DataFrame) -> pd.DataFrame:

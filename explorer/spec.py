@@ -120,6 +120,15 @@ def factors_path(spec: AnalysisSpec) -> Path:
     return cache_dir("factors", spec.factors_key()) / "factors.safetensors"
 
 
+def index_dir(spec: AnalysisSpec) -> Path:
+    """The training-gradient index of the analysis's training slice, next to its factors (same key)."""
+    return cache_dir("factors", spec.factors_key()) / "index"
+
+
+def index_ready(spec: AnalysisSpec) -> bool:
+    return (index_dir(spec) / "index.json").is_file()
+
+
 def analysis_ready(spec: AnalysisSpec) -> bool:
     return (analysis_dir(spec) / "meta.json").is_file()
 

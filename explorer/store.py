@@ -13,16 +13,21 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from explorer.spec import AnalysisSpec, Progress, factors_path, model_identity
+from explorer.spec import AnalysisSpec, Progress, factors_path, index_dir, index_ready, model_identity
 from influence_core.cache import stable_hash
 from influence_core.demo import load_model
 from influence_core.engine.config import EngineConfig
+from influence_core.engine.index import GradientIndex, IndexConfig
 from influence_core.engine.influence import InfluenceEngine
 from influence_core.errors import FactorsError
 from influence_core.sources.models import LoadedModel, ModelSource
 
 #: Engines kept per process: each holds one set of factors in memory.
 MAX_ENGINES = 4
+#: The app's training-gradient index: the library's defaults (exact when the rows fit its memory budget).
+INDEX_CONFIG = IndexConfig()
+#: Training reviews the index proposes per direction for the engine to re-score exactly (what a card shows).
+RERANK = 20
 
 
 def engine_config(spec: AnalysisSpec) -> EngineConfig:
@@ -40,6 +45,7 @@ class ModelStore:
     def __init__(self, max_models: int = 2, max_engines: int = MAX_ENGINES) -> None:
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._engines: OrderedDict[tuple, InfluenceEngine] = OrderedDict()
+        self._indexes: OrderedDict[tuple, GradientIndex] = OrderedDict()
         self._lock = threading.RLock()
         self._loading: dict[object, threading.Lock] = {}
         self.max_models = max_models
@@ -101,6 +107,25 @@ class ModelStore:
                 while len(self._engines) > self.max_engines:
                     self._engines.popitem(last=False)
             return engine
+
+    def index(self, spec: AnalysisSpec, train_texts, train_labels) -> GradientIndex | None:
+        """The analysis's training-gradient index (memory-mapped once per process), or None if it was not built.
+
+        Refused (FactorsError / DataError) when it does not belong to this model, factors or training slice.
+        """
+        if not index_ready(spec):
+            return None
+        engine = self.engine(spec)
+        key = ("index", spec.factors_key())
+        with self._lock:
+            if key in self._indexes:
+                return self._indexes[key]
+        index = GradientIndex.load(index_dir(spec), engine, list(train_texts), train_labels)
+        with self._lock:
+            self._indexes[key] = index
+            while len(self._indexes) > self.max_engines:
+                self._indexes.popitem(last=False)
+        return index
 
     def engines_loaded(self) -> int:
         """How many engines (sets of factors) are in memory."""

@@ -305,7 +305,7 @@ def _summary(out: Frame) -> None:
     if out.analysis is not None:
         status = "scored ✓"
     elif job is not None and job.running:
-        status = f"running {job.fraction:.0%}"
+        status = "running (progress below)"
     elif factors_ready(spec):
         status = "factors fitted, not scored"
     else:
@@ -319,23 +319,10 @@ def _summary(out: Frame) -> None:
         f"**Status** {status}",
     ]
     st.caption("  \n".join(lines))
-    if job is not None and job.running:
-        st.fragment(run_every=2.0)(_sidebar_progress)(spec.key())
+    # no second progress bar here: every page shows the running job's one panel (require_analysis)
     if out.analysis is None and not (job is not None and job.running):
         if st.button("Fit and score", type="primary", key="fit_sidebar", width="stretch", help="Starts in the background."):
             start_analysis(out)
-
-
-def _sidebar_progress(key: str) -> None:
-    """A slim progress bar that follows the job from any page and reloads the app when it finishes."""
-    job = job_runner().get(key)
-    if job is None:
-        return
-    if job.running:
-        st.progress(job.fraction, text=f"{job.name}: {job.message or 'starting…'}")
-    elif st.session_state.get(f"_seen_{key}") != id(job):
-        st.session_state[f"_seen_{key}"] = id(job)
-        st.rerun(scope="app")
 
 
 def _view_controls(out: Frame) -> None:
@@ -424,11 +411,13 @@ def job_panel(key: str, *, on_done: str = "rerun") -> Job | None:
         if current is None:
             return
         if current.running:
-            with st.status(f"{current.name}: {current.fraction:.0%}", expanded=True, state="running"):
-                st.progress(current.fraction, text=current.message or "starting…")
-                st.caption(f"Running for {cost.format_seconds(current.elapsed)}. You can keep browsing; it runs in the background.")
-                if st.button("Cancel", key=f"cancel_{key}"):
-                    current.cancel()
+            # not a ``with`` block: leaving one marks the status complete (a check mark on a running job)
+            box = st.status(f"{current.name}: {current.fraction:.0%}", expanded=True, state="running")
+            box.progress(current.fraction, text=current.message or "starting…")
+            box.caption(f"Running for {cost.format_seconds(current.elapsed)}{remaining_text(current)}. You can keep "
+                        "browsing; it runs in the background.")
+            if box.button("Cancel", key=f"cancel_{key}"):
+                current.cancel()
         elif current.status == ERROR:
             st.error(current.error or "The job failed.")
         elif current.status == CANCELLED:
@@ -454,7 +443,13 @@ def require_analysis() -> tuple[Frame, Analysis]:
     if out.analysis is not None:
         return out, out.analysis
     job = job_runner().get(out.spec.key())
+    if job is None and starts_by_itself(out.spec) and not st.session_state.get(f"_declined_{out.spec.key()}"):
+        job = start_analysis(out)  # the built-in demo needs no decision: its work starts on the first visit
     running = job is not None and job.running
+    if running:
+        st.info("Computing this analysis in the background: every page fills in as soon as it is done.")
+        job_panel(out.spec.key())
+        st.stop()
     st.info(
         "Nothing computed yet for this model, data and method. **Fit and score** fits the curvature factors on the "
         "training reviews and scores every test review against them, once; afterwards every page is instant."
@@ -465,11 +460,29 @@ def require_analysis() -> tuple[Frame, Analysis]:
     cols[1].metric("Test reviews", out.n_test)
     cols[2].metric("Estimated time", cost.format_seconds(estimate.seconds))
     st.caption("Will " + "; then ".join(estimate.steps) + f". Peak memory about {cost.format_bytes(estimate.memory_bytes)}.")
-    if not running and st.button("Fit and score", type="primary", key="fit_main"):
+    if job is not None and job.status == CANCELLED:
+        st.session_state[f"_declined_{out.spec.key()}"] = True  # a cancelled demo run is not restarted behind the user
+    if st.button("Fit and score", type="primary", key="fit_main"):
         start_analysis(out)
         st.rerun()
     job_panel(out.spec.key())
     st.stop()
+
+
+def starts_by_itself(spec: AnalysisSpec) -> bool:
+    """Whether the analysis starts without a click: the built-in demo model on the built-in demo reviews.
+
+    Other models and data ask first (they may be large, and the cost estimate is shown before anything runs).
+    """
+    return spec.model.kind == "demo" and spec.train_data.kind == "demo" and spec.test_data.kind == "demo"
+
+
+def remaining_text(job: Job) -> str:
+    """``, about 2 min left`` from the elapsed time and the fraction done (empty until there is enough to go on)."""
+    if job.fraction < 0.05 or job.elapsed < 5:
+        return ""
+    left = job.elapsed * (1.0 - job.fraction) / job.fraction
+    return f", about {cost.format_seconds(left)} left"
 
 
 # ------------------------------------------------------------------------------------------- output helpers

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import cost, figures
+from explorer import cost, figures, search
 from explorer import ui as common
 from influence_core.cache import stable_hash
 
@@ -51,18 +51,62 @@ with right:
     st.subheader("Prediction confidence")
     common.figure(figures.confidence_histogram(probs.max(axis=1), pred == labels), "confidence", key="conf")
 
-st.subheader("Try a sentence")
+st.subheader("Try a sentence, or search the training set")
 st.caption(
-    "Type a review: the model predicts it, then the training reviews most responsible for that prediction are "
-    "scored (one pass over the training reviews, in the background). " + common.SIGN_HELP
+    "Type a review: the model predicts it and the training reviews most responsible for that prediction are found "
+    "among all of them (training-gradient index), then re-scored exactly by the engine. Choose a label to ask "
+    "which training reviews push the model towards that label instead. " + common.SIGN_HELP
 )
-sentence = st.text_area(
+c1, c2 = st.columns([4, 1])
+sentence = c1.text_area(
     "Your review", "A warm, funny film with a wonderful cast.", max_chars=2000, key="sentence", height=80,
 )
-if sentence.strip():
-    cost = cost.estimate_cost(out.spec, analysis.scores.n_train, 1)
-    st.caption(f"Scoring it against {analysis.scores.n_train} training reviews takes {cost.describe()}.")
-    key = f"try-{analysis.key}-{out.k}-{stable_hash(sentence)}"
+label_options = ["(the model's prediction)", *analysis.label_names]
+asked = c2.selectbox("For the label", label_options, key="sentence_label",
+                     help="Influence is always for one label: by default the one the model predicts.")
+wanted = None if asked == label_options[0] else analysis.label_names.index(asked)
+index_info = analysis.meta.get("index") or {}
+
+
+def show_result(label: int, proba: np.ndarray, scores_by_train: pd.Series, note: str) -> None:
+    """The prediction and a table of the responsible training reviews (each once, helpful first)."""
+    st.markdown(f"**Prediction: {analysis.name(int(np.argmax(proba)))}** ({proba.max():.1%} confident). Training "
+                f"reviews most responsible for the label **{analysis.name(label)}**:")
+    helpful = [int(j) for j, v in scores_by_train.sort_values(ascending=False).items() if v > 0][:5]
+    harmful = [int(j) for j, v in scores_by_train.sort_values().items() if v < 0 and int(j) not in helpful][:5]
+    top = np.array(helpful + harmful, dtype=int)
+    values = scores_by_train.reindex(top).to_numpy()
+    frame = common.reviews_table(analysis, "train", top, values)
+    frame.insert(0, "effect", ["helpful"] * len(helpful) + ["harmful"] * len(harmful))
+    common.table(
+        frame, "sentence_influence", key="try_table",
+        column_config={"train": st.column_config.NumberColumn("train", width="small"),
+                       "row_id": st.column_config.NumberColumn("row_id", width="small"),
+                       "influence": st.column_config.NumberColumn(format="%.4g"),
+                       "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1, format="%.2f"),
+                       "text": st.column_config.TextColumn("text", width="large")},
+    )
+    st.caption(note)
+
+
+if sentence.strip() and index_info:
+    result = search.search_training(common.model_store(), out.spec, analysis, sentence, label=wanted,
+                                    damping=out.damping)
+    if result is not None:
+        exact = result.rows[result.rows["exact"] == 1]
+        scores_by_train = exact.groupby("train")["influence"].first()
+        agreement = (f"On this analysis's test reviews the index agreed with the exact scores with median Pearson "
+                     f"{index_info['median_pearson']:.3f} and found {index_info['recall']:.0%} of the exact top "
+                     f"{index_info['top']} among its {index_info['candidates']} candidates")
+        show_result(result.label, result.proba, scores_by_train,
+                    f"Answered in {result.seconds:.1f} s over all {analysis.scores.n_train} training reviews: the "
+                    f"{index_info['kind']} index proposed {result.candidates} per direction and the engine re-scored "
+                    f"them exactly (all analysed layers, damping {out.damping:g}). {agreement}.")
+elif sentence.strip():
+    estimate = cost.estimate_cost(out.spec, analysis.scores.n_train, 1)
+    st.caption(f"This analysis has no training-gradient index (it was computed before the index existed); scoring the "
+               f"sentence against {analysis.scores.n_train} training reviews takes {estimate.describe()}.")
+    key = f"try-{analysis.key}-{out.k}-{stable_hash([sentence, wanted])}"
     job = common.job_runner().get(key)
     if st.button("Predict and find the responsible training reviews", type="primary", key="try_go"):
         spec, store, damping = out.spec, common.model_store(), out.damping
@@ -70,7 +114,7 @@ if sentence.strip():
         def run(progress):
             engine = store.engine(spec)
             proba = engine.predict_proba([sentence])[0]
-            label = int(np.argmax(proba))
+            label = int(np.argmax(proba)) if wanted is None else int(wanted)
             table = engine.score([sentence], [label], analysis.train["text"].tolist(),
                                  analysis.train["label"].to_numpy(), dampings=[damping], self_influence=False,
                                  progress=progress)
@@ -83,25 +127,8 @@ if sentence.strip():
         result = job.result
         chosen = [result["layers"].index(name) for name in out.layers if name in result["layers"]]
         scores = result["by_layer"][chosen or slice(None)].sum(axis=0)
-        label = result["label"]
-        st.markdown(
-            f"**Prediction: {analysis.name(label)}** ({result['proba'][label]:.1%} confident). "
-            "Training reviews most responsible:"
-        )
-        order = np.argsort(-scores, kind="stable")
-        helpful = [int(j) for j in order[:5] if scores[j] > 0]
-        harmful = [int(j) for j in order[::-1][:5] if scores[j] < 0 and int(j) not in helpful]
-        top = np.array(helpful + harmful, dtype=int)  # each training review once, most helpful first
-        frame = common.reviews_table(analysis, "train", top, scores)
-        frame.insert(0, "effect", ["helpful"] * len(helpful) + ["harmful"] * len(harmful))
-        common.table(
-            frame, "sentence_influence", key="try_table",
-            column_config={"train": st.column_config.NumberColumn("train", width="small"),
-                           "row_id": st.column_config.NumberColumn("row_id", width="small"),
-                           "influence": st.column_config.NumberColumn(format="%.4g"),
-                           "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1, format="%.2f"),
-                           "text": st.column_config.TextColumn("text", width="large")},
-        )
+        show_result(result["label"], result["proba"], pd.Series(scores),
+                    "Scored exactly against every training review over the layers shown.")
 
 with st.expander("Test reviews and predictions"):
     frame = common.reviews_table(analysis, "test", np.arange(len(test)))

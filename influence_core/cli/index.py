@@ -28,13 +28,18 @@ def add_parser(sub) -> None:
     parser.add_argument("--train", required=True, help="training examples to index")
     add_factor_source(parser)
     add_engine_options(parser)
-    parser.add_argument("--projection-size", type=int, default=32,
-                        help="rows of each layer's two random projections (default 32)")
+    parser.add_argument("--projection-size", type=int, default=IndexConfig.projection,
+                        help="each layer keeps at most SIZE x SIZE projected entries (default "
+                             f"{IndexConfig.projection})")
+    parser.add_argument("--whiten-exponent", type=float, default=IndexConfig.whiten_exponent,
+                        help="whitening of the projections in the factors' eigenbasis, 0 to 1 (default "
+                             f"{IndexConfig.whiten_exponent}; 0 = none)")
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--exact", action="store_true", help="store exact per-example gradients (no projection)")
     kind.add_argument("--projected", action="store_true", help="always project, even when exact rows would fit")
     parser.add_argument("--memory-mb", type=int, default=512, help="exact rows are kept when they fit (default 512)")
-    parser.add_argument("--index-dtype", default="float32", choices=["float16", "float32", "float64"])
+    parser.add_argument("--index-dtype", default=IndexConfig.dtype, choices=["float16", "float32", "float64"],
+                        help=f"storage of the index rows (default {IndexConfig.dtype})")
     parser.add_argument("--out", required=True, help="index folder to write (rows.npy, index.json, factors)")
     parser.set_defaults(func=run)
 
@@ -50,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     if out.parent and not out.parent.exists():
         raise DataError(f"the output folder {out.parent} does not exist; create it first")
     config = IndexConfig(projection=args.projection_size, exact=True if args.exact else False if args.projected
-                         else None, memory_bytes=args.memory_mb * 1024**2, seed=args.seed, dtype=args.index_dtype)
+                         else None, memory_bytes=args.memory_mb * 1024**2, seed=args.seed, dtype=args.index_dtype,
+                         whiten_exponent=args.whiten_exponent)
     train = read_examples(args.train, args)
     loaded = load_model(args)
     engine = make_engine(args, loaded)

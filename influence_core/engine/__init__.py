@@ -8,6 +8,7 @@ Modules, each one stage of the computation, every import pointing to an earlier 
 - ``tracking``: one forward and the backward passes per gradient term, capturing inputs and output gradients.
 - ``factors``: covariance factors, their eigendecompositions and corrected eigenvalues (:class:`Factors`).
 - ``scores``: :class:`ScoreTable`, every score of one scoring pass, per damping value and layer.
+- ``distributed``: :class:`Distributed`, the same work sharded across processes (torchrun, a process group).
 - ``influence``: :class:`InfluenceEngine`, which fits factors and scores examples.
 - ``index``: :class:`GradientIndex`, every training gradient stored once (compressed) for instant questions.
 """

@@ -1,24 +1,33 @@
 """GradientIndex: every training example's per-layer gradient stored once, so a new question costs one query gradient.
 
 For a tracked layer with per-example gradient ``DW_m = sum_t g_t a_t^T`` [out, in(+1)] (given label), the index
-row of training example ``m`` holds, per layer,
+row of training example ``m`` holds, per layer, the whitened projection
 
-    R_m = P_out DW_m P_in^T = sum_t (P_out g_t) (P_in a_t)^T          [k_out, k_in]
+    R_m = P_out D_out U_G^T DW_m U_A D_in P_in^T = sum_t (M_out g_t) (M_in a_t)^T          [k_out, k_in]
 
-computed from the tokens (``DW_m`` is never formed unless it is what is stored). ``P_out`` [k_out, out] and
-``P_in`` [k_in, in(+1)] have iid ``N(0, 1/k)`` (or ``+-1/sqrt(k)``) entries, so ``E[P^T P] = I`` and, the two
-being independent,
+with ``M_out = P_out D_out U_G^T`` and ``M_in = P_in D_in U_A^T`` (computed from the tokens; ``DW_m`` is never
+formed unless it is what is stored). ``U_G``, ``U_A`` are the factors' eigenvectors, ``D = diag((lambda + eps
+mean(lambda))^(-whiten_exponent))`` from the K-FAC eigenvalues of ``G`` and ``A`` (``eps = whiten_eps``; the
+identity method, or ``whiten_exponent=0``, has ``D = U = I``), and ``P_out`` [k_out, out], ``P_in`` [k_in,
+in(+1)] have iid ``N(0, 1/k)`` (or ``+-1/sqrt(k)``) entries, so ``E[P^T P] = I``. A query is projected as
+``P_out D_out^-1 (U_G^T Q U_A) D_in^-1 P_in^T``, where ``U_G^T Q U_A = (U_G^T DW_q U_A) / (L + damping)`` is the
+engine's rotated, preconditioned query, so that, the two projections being independent,
 
-    E <P_out Q P_in^T, R_m> = <Q, DW_m>,
+    E <query block, R_m> = <U_G^T Q U_A, U_G^T DW_m U_A> = <Q, DW_m>,
 
-an unbiased estimate of the engine's influence when ``Q = U_G [(U_G^T DW_q U_A) / (L + damping)] U_A^T`` is the
-query's preconditioned gradient (the engine's ``original`` route). **Positive = helpful**, as everywhere.
+an unbiased estimate of the engine's influence for any ``D``. **Positive = helpful**, as everywhere. The whitening
+balances the two sides (both then look like ``H^(-1/2)`` times a gradient): without it the preconditioned query
+is dominated by low-eigenvalue directions where the training gradients are tiny and the projection noise swamps
+the signal.
 
-A side no larger than ``k`` is kept whole (identity), and when every exact per-example gradient fits the memory
-budget (or ``exact=True``) both sides are: the index is then exact (``kind="exact"``), else ``kind="projected"``.
-The rows depend on the model, the training data and the layers only, not on method, factors or damping: changing
-the damping re-preconditions only the queries. :meth:`GradientIndex.query` takes the index's top candidates and
-re-scores them with the engine itself, so the numbers shown are the engine's.
+Each layer's block has at most ``projection**2`` entries (``allocation``: both sides ``projection``, or split in
+the ratio ``out : in``); a side no larger than needed is kept whole (``M = I``, the query mapped back with ``U``)
+and hands the rest of the budget to the other side. When every exact per-example gradient fits the memory budget
+(or ``exact=True``) both sides are kept whole: the index is then exact (``kind="exact"``), else
+``kind="projected"``. The rows depend on the model, the training data, the layers and the factors' eigenbases
+(the index refuses other factors), not on the damping: changing the damping re-preconditions only the queries.
+:meth:`GradientIndex.query` takes the index's top candidates and re-scores them with the engine itself, so the
+numbers shown are the engine's.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ from influence_core.engine.influence import InfluenceEngine, ProgressCounter
 from influence_core.engine.tracking import LayerCapture, label_terms
 from influence_core.errors import ConfigError, DataError, FactorsError
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 ROWS_FILE = "rows.npy"
 SCALES_FILE = "scales.npy"
 META_FILE = "index.json"
@@ -55,7 +64,9 @@ class IndexConfig:
     """How the training gradients are compressed.
 
     Attributes:
-        projection: Rows of ``P_out`` and of ``P_in`` (per layer, per side); a side that is not larger is kept whole.
+        projection: Each layer's block holds at most ``projection**2`` entries (``projection`` rows of ``P_out`` and
+            of ``P_in`` with ``allocation="square"``); a side that is not larger is kept whole and the other side gets
+            the rest of the budget.
         exact: ``True`` stores exact per-example gradients (identity projection), ``False`` always projects, ``None``
             stores exact gradients when they fit ``memory_bytes``.
         memory_bytes: Budget for the stored rows when ``exact`` is None.
@@ -64,15 +75,21 @@ class IndexConfig:
         dtype: Storage of the rows: ``float16``, ``float32`` or ``float64`` (queries are computed in the engine's).
             ``float16`` rows are stored divided by their largest entry (kept as a float32 scale per row), so small
             gradients do not underflow.
+        allocation: ``square`` (``projection`` rows per side) or ``proportional`` (``projection**2`` split in the
+            ratio ``out : in``).
+        whiten_exponent: ``D = (lambda + eps * mean(lambda))^(-whiten_exponent)`` on each side, in the factors'
+            eigenbasis (0 = plain Gaussian projection); any value keeps the estimate unbiased, 0.5 whitens.
+        whiten_eps: ``eps`` above, relative to each factor's mean eigenvalue (a reference damping; the rows do not
+            depend on the damping a query uses).
     """
 
-    projection: int = 32
+    projection: int = 64
     exact: bool | None = None
     memory_bytes: int = 512 * 1024**2
     seed: int = 0
     distribution: str = "gaussian"
     dtype: str = "float32"
-    allocation: str = "square"
+    allocation: str = "proportional"
     whiten_exponent: float = 0.5
     whiten_eps: float = 0.1
 

@@ -4,8 +4,11 @@ Influence is computed for a trained classifier; when one only has an encoder (th
 project, any BERT-like Hub model) this makes one. A plain PyTorch loop: AdamW, linear warm-up then decay,
 batches of similar length with dynamic padding (cheap on a CPU), deterministic for a given seed. The folder
 holds ``model.safetensors``, the tokenizer, the label names in ``config.id2label``/``label2id`` and
-``finetune.json`` (hyper-parameters, loss history, accuracy, library versions). It is written to a temporary
-folder first and renamed, so an interrupted run never leaves half a model.
+``finetune.json`` (hyper-parameters, loss history, accuracy, library versions) and ``dynamics.npz``: the training
+dynamics, per example and epoch the probability of the given label and the logit margin, read off the forward
+pass of each training batch (free: no extra pass; as AUM and data maps do, Pleiss et al. 2020, Swayamdipta et al.
+2020). :func:`load_dynamics` reads them back. It is written to a temporary folder first and renamed, so an
+interrupted run never leaves half a model.
 
 The ``finetune`` command of :mod:`influence_core.cli` wraps :func:`finetune`.
 """
@@ -34,10 +37,82 @@ Progress = Callable[[int, int, str], None]
 WARMUP_FRACTION = 0.1
 #: Batches are grouped by length within windows of this many batches, then the batches are shuffled.
 LENGTH_GROUP_WINDOW = 50
+#: The training dynamics saved next to ``finetune.json``.
+DYNAMICS_FILE = "dynamics.npz"
 
 
 class FinetuneCancelled(InfluenceError):
     """``cancel()`` returned True: training stopped between two steps and nothing was written."""
+
+
+@dataclass
+class TrainingDynamics:
+    """What the model said about each training example during training, read off each batch's forward pass.
+
+    Entry ``[e, i]`` is recorded when example ``i`` (its position in the training texts given to :func:`finetune`)
+    was in a batch during epoch ``e + 1``, from that batch's forward pass (train mode, dropout on) *before* the
+    optimiser step of that batch, as AUM (Pleiss et al. 2020) and data maps (Swayamdipta et al. 2020) do.
+
+    Attributes:
+        given_prob: Probability of the given label, shape [epochs, n], in [0, 1].
+        margin: Logit of the given label minus the largest other logit, shape [epochs, n]; negative = the model
+            prefers another class (AUM averages it over epochs).
+        correct: Whether the arg-max was the given label, shape [epochs, n] (forgetting events are its 1 -> 0 steps).
+        labels: The given labels, shape [n].
+        text_keys: A short hash of each training text, shape [n]: maps another table's rows onto these
+            (:meth:`rows_for`).
+    """
+
+    given_prob: np.ndarray
+    margin: np.ndarray
+    correct: np.ndarray
+    labels: np.ndarray
+    text_keys: np.ndarray
+
+    @property
+    def epochs(self) -> int:
+        return int(self.given_prob.shape[0])
+
+    @property
+    def n(self) -> int:
+        return int(self.given_prob.shape[1])
+
+    def rows_for(self, texts: Sequence[str], labels: Sequence[int] | None = None) -> np.ndarray:
+        """Position in these dynamics of each of ``texts`` (same text and, if given, same label), -1 if absent;
+        shape [len(texts)]."""
+        where: dict[tuple, int] = {}
+        for i, key in enumerate(self.text_keys.tolist()):
+            where.setdefault((key, int(self.labels[i])), i)
+            where.setdefault((key, None), i)
+        keys = text_keys(texts)
+        return np.array([where.get((key, None if labels is None else int(label)), -1)
+                         for key, label in zip(keys, labels if labels is not None else [None] * len(keys))],
+                        dtype=np.int64)
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, given_prob=self.given_prob, margin=self.margin, correct=self.correct,
+                            labels=self.labels, text_keys=self.text_keys)
+
+
+def text_keys(texts: Sequence[str]) -> np.ndarray:
+    """A 16-hex-digit hash of each text, shape [n] (str): how dynamics recognise their examples elsewhere."""
+    import hashlib
+
+    return np.array([hashlib.sha1(str(t).encode("utf-8")).hexdigest()[:16] for t in texts])
+
+
+def load_dynamics(model_dir: str | os.PathLike) -> TrainingDynamics | None:
+    """The training dynamics saved with a fine-tuned model folder, or None when it has none (e.g. a Hub model or a
+    fine-tune from before they were recorded)."""
+    path = Path(model_dir).expanduser() / DYNAMICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return TrainingDynamics(given_prob=data["given_prob"], margin=data["margin"], correct=data["correct"],
+                                    labels=data["labels"], text_keys=data["text_keys"])
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"cannot read the training dynamics {path}: {err}") from err
 
 
 @dataclass
@@ -52,6 +127,7 @@ class FinetuneResult:
         seconds: wall-clock time of the whole call.
         eval_loss: mean cross-entropy on the evaluation texts; None without them.
         epoch_losses: mean training loss of each epoch.
+        dynamics: the training dynamics (also saved as ``dynamics.npz``).
     """
 
     out_dir: Path
@@ -60,6 +136,7 @@ class FinetuneResult:
     seconds: float = 0.0
     eval_loss: float | None = None
     epoch_losses: list[float] = field(default_factory=list)
+    dynamics: TrainingDynamics | None = None
 
 
 def finetune(
@@ -123,6 +200,9 @@ def finetune(
 
     history: list[dict] = []
     epoch_losses: list[float] = []
+    given_prob = np.full((epochs, len(texts)), np.nan)
+    margin = np.full((epochs, len(texts)), np.nan)
+    correct = np.zeros((epochs, len(texts)), dtype=bool)
     step = 0
     model.train()
     for epoch in range(1, epochs + 1):
@@ -134,6 +214,7 @@ def finetune(
             targets = torch.tensor([labels[i] for i in batch_rows], dtype=torch.long)
             logits = model(**inputs).logits
             loss = torch.nn.functional.cross_entropy(logits, targets)
+            _record_dynamics(logits.detach(), targets, batch_rows, epoch - 1, given_prob, margin, correct)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -179,7 +260,9 @@ def finetune(
         "history": history,
         **(extra_metadata or {}),
     }
-    _save_atomically(model, tokenizer, metadata, out_dir)
+    dynamics = TrainingDynamics(given_prob=given_prob, margin=margin, correct=correct,
+                                labels=np.asarray(labels, dtype=np.int64), text_keys=text_keys(texts))
+    _save_atomically(model, tokenizer, metadata, out_dir, dynamics)
     report(1, 1, "save")
     return FinetuneResult(
         out_dir=out_dir,
@@ -188,7 +271,23 @@ def finetune(
         seconds=time.perf_counter() - started,
         eval_loss=eval_loss,
         epoch_losses=epoch_losses,
+        dynamics=dynamics,
     )
+
+
+def _record_dynamics(logits: Any, targets: Any, rows: list[int], epoch: int, given_prob: np.ndarray,
+                     margin: np.ndarray, correct: np.ndarray) -> None:
+    """Write one batch's p(given label), logit margin and correctness into row ``epoch`` of the dynamics arrays."""
+    import torch
+
+    values = logits.double()
+    index = torch.arange(len(rows))
+    given = values[index, targets]
+    others = values.clone()
+    others[index, targets] = -torch.inf
+    given_prob[epoch, rows] = torch.softmax(values, dim=-1)[index, targets].numpy()
+    margin[epoch, rows] = (given - others.max(dim=-1).values).numpy()
+    correct[epoch, rows] = (values.argmax(dim=-1) == targets).numpy()
 
 
 def predict_proba(
@@ -347,7 +446,8 @@ def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def _save_atomically(model: Any, tokenizer: Any, metadata: dict, out_dir: Path) -> None:
+def _save_atomically(model: Any, tokenizer: Any, metadata: dict, out_dir: Path,
+                     dynamics: TrainingDynamics | None = None) -> None:
     """Write the folder next to ``out_dir`` under a temporary name, then swap it in with renames."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -359,6 +459,8 @@ def _save_atomically(model: Any, tokenizer: Any, metadata: dict, out_dir: Path) 
             tokenizer.save_pretrained(staging)
         if not (staging / "model.safetensors").is_file() and not any(staging.glob("model*.safetensors")):
             raise ModelError(f"saving did not produce safetensors weights in {staging}")
+        if dynamics is not None:
+            dynamics.save(staging / DYNAMICS_FILE)
         # finetune.json is written last: a folder with it is complete.
         (staging / "finetune.json").write_text(json.dumps(metadata, indent=2, default=str))
         old = None
@@ -374,8 +476,12 @@ def _save_atomically(model: Any, tokenizer: Any, metadata: dict, out_dir: Path) 
 
 
 __all__ = [
+    "DYNAMICS_FILE",
     "FinetuneResult",
     "FinetuneCancelled",
+    "TrainingDynamics",
+    "load_dynamics",
+    "text_keys",
     "finetune",
     "predict_proba",
     "library_versions",
