@@ -30,6 +30,7 @@ PAGES = [
     st.Page("pages/regularization.py", title="Regularization", icon=":material/tune:"),
     st.Page("pages/mislabel.py", title="Mislabel finder", icon=":material/flag:"),
     st.Page("pages/tour.py", title="Tour", icon=":material/slideshow:"),
+    st.Page("pages/trust.py", title="Trust", icon=":material/verified:"),
 ]
 
 page = st.navigation(PAGES)

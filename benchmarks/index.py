@@ -3,8 +3,9 @@
     .venv/bin/python -m benchmarks.index                       # small: 2000 training sentences, 20 queries
     .venv/bin/python -m benchmarks.index --n-train 67349       # the target (hours on a CPU)
 
-Without ``--model`` the classifier is the offline MiniLM encoder with a seeded, untrained head (agreement and
-latency do not need a fine-tuned model). Layers ``ffn,head``; EK-FAC with the true Fisher. For each projection size:
+Without ``--model`` the classifier is the offline MiniLM encoder with a seeded, untrained head (for latency; measure
+agreement on a fine-tuned model, e.g. ``--model`` the folder of ``influence_core.demo.demo_model_dir()``, since an
+untrained head is not the use case). Layers ``ffn,head``; EK-FAC with the true Fisher. For each projection size:
 median per-query Pearson of the index estimates against the engine's scores, the fraction of queries whose exact
 top-10 helpful and harmful lie in the index's top-100, and, after the exact re-scoring of 100 candidates, the fraction
 whose top-10 equal the engine's. Writes ``benchmarks/results/index-<n>-<stamp>.json`` and ``.md``.

@@ -16,7 +16,13 @@ subsets and dampings listed under "variants" cost no extra gradient pass; the he
 ``--layers`` and ``--damping``, fixed on a development seed (``--dev-seed``) that is not among the
 evaluation seeds. Results go to ``--out`` (JSON); each task's block between its markers in ``--md`` is replaced.
 
-    python -m benchmarks.mislabel --task all --seeds 0,1,2 [--oos-folds 2] [--dev]
+Out-of-fold signals (``--cross-fit K``, default 4: the library's :func:`influence_core.training.crossfit.cross_fit`
+on the fine-tuned model's recipe), cleanlab's label quality and estimated number of wrong labels, and the training
+dynamics recorded by the fine-tunes (AUM, data-map confidence and variability, forgetting; the folds' too) join the
+influence rankings; ``--proposed-trusted`` adds relative harm against the slice the library proposes from the
+training rows alone (no trusted data). Each signal's time is reported.
+
+    python -m benchmarks.mislabel --task all --seeds 0,1,2 [--cross-fit 4] [--proposed-trusted] [--dev]
 """
 
 from __future__ import annotations
@@ -42,13 +48,14 @@ from influence_core import EngineConfig, InfluenceEngine  # noqa: E402
 from influence_core.cache import cache_dir, stable_hash  # noqa: E402
 from influence_core.engine.layers import layer_groups  # noqa: E402
 from influence_core.mislabel import (  # noqa: E402
-    COMBINED_PARTS,
+    FALLBACK_PARTS,
     TrainingSignals,
     combine,
+    dynamics_signals,
     evaluate_rankings,
-    label_losses,
     mislabel_scores,
     percentile_ranks,
+    propose_trusted_slice,
     roc_auc,
     training_signals,
 )
@@ -63,7 +70,7 @@ DAMPINGS = (1e-3, 1e-2, 1e-1, 1.0)
 LAYER_SETS = ("ffn,head", "ffn", "head")
 #: Candidate combinations, each a mean of percentile ranks; the library's is ``combined``.
 COMBINATIONS = {
-    "combined": COMBINED_PARTS,
+    "combined": FALLBACK_PARTS,
     "self+loss": ("self_influence", "loss"),
     "self+trusted": ("self_influence", "trusted_influence"),
     "trusted+loss": ("trusted_influence", "loss"),
@@ -125,8 +132,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--layers", default="ffn,head", help="layer subset of the headline numbers")
     parser.add_argument("--damping", type=float, default=0.1, help="relative damping of the headline numbers")
-    parser.add_argument("--oos-folds", type=int, default=0,
-                        help="also fine-tune on K-1 folds and predict the held-out one (out-of-sample loss); 0 = off")
+    parser.add_argument("--oos-folds", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--cross-fit", type=int, default=4,
+                        help="folds of the library's cross-fit (out-of-fold loss, cleanlab, the folds' dynamics); 0 = off")
+    parser.add_argument("--proposed-trusted", action="store_true",
+                        help="also rank by relative harm against the proposed trusted slice (one more signals pass)")
     parser.add_argument("--batch-size", type=int, default=32, help="engine batch size")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 by default: on a shared CPU, multi-threaded LAPACK is far slower)")
@@ -188,7 +198,7 @@ def finetuned(name: str, texts: list[str], labels: np.ndarray, args: argparse.Na
 
     recipe = {"epochs": args.epochs, "lr": args.lr, "batch_size": 16, "max_length": args.max_length, "seed": seed}
     key = stable_hash({"texts": stable_hash(texts), "labels": [int(x) for x in labels], "recipe": recipe,
-                       "versions": library_versions()})
+                       "versions": library_versions(), "dynamics": 1})
     folder = cache_dir("bench-mislabel", f"{name}-{key}")
     if (folder / "finetune.json").is_file():
         return folder
@@ -219,7 +229,7 @@ def out_of_sample_probs(name: str, train: pd.DataFrame, folds: int, args: argpar
 
 
 def signals_for(model_dir: Path, train: pd.DataFrame, trusted: pd.DataFrame, args: argparse.Namespace,
-                timings: dict) -> tuple[TrainingSignals, dict[str, list[str]]]:
+                timings: dict, oos: np.ndarray | None = None, dynamics: pd.DataFrame | None = None):
     """Fit EK-FAC factors on the training texts (true Fisher: the labels are not used) on the ``--layers`` groups
     and compute every signal per layer for every damping in :data:`DAMPINGS`."""
     from influence_core.sources.models import ModelSource, load_classifier
@@ -235,24 +245,53 @@ def signals_for(model_dir: Path, train: pd.DataFrame, trusted: pd.DataFrame, arg
     signals = training_signals(engine, train["text"].tolist(), train["label"].to_numpy(), trusted["text"].tolist(),
                                trusted["label"].to_numpy(), dampings=DAMPINGS)
     timings["signals_s"] = round(time.perf_counter() - start, 1)
+    proposed = None
+    if args.proposed_trusted:
+        start = time.perf_counter()
+        chosen = propose_trusted_slice(train["label"].to_numpy(), signals.train_probs, oos,
+                                       None if dynamics is None else dynamics["variability"].to_numpy())
+        proposed = training_signals(engine, train["text"].tolist(), train["label"].to_numpy(),
+                                    train["text"][chosen].tolist(), train["label"].to_numpy()[chosen], dampings=DAMPINGS)
+        timings["proposed_trusted_signals_s"] = round(time.perf_counter() - start, 1)
+        timings["proposed_trusted_size"] = int(chosen.sum())
     groups = layer_groups(loaded.model)
     return signals, {spec: [name for name in engine.layers if any(name in groups[g] for g in spec.split(","))]
-                     for spec in LAYER_SETS}
+                     for spec in LAYER_SETS}, proposed
 
 
 def ranking_frame(signals: TrainingSignals, layer_names: list[str], k: int, oos: np.ndarray | None,
-                  seed: int) -> pd.DataFrame:
-    """Every ranking of the headline setting, plus a seeded random one and the out-of-sample variants."""
-    frame = mislabel_scores(signals, k=k, layers=layer_names)
+                  seed: int, dynamics: pd.DataFrame | None = None, proposed: TrainingSignals | None = None,
+                  timings: dict | None = None) -> pd.DataFrame:
+    """Every ranking of the headline setting (the library's ``combined`` of what is available), a seeded random one,
+    the in-sample-only combination (``combined_in_sample``) and, with ``proposed``, relative harm against the
+    proposed trusted slice and ``combined`` with it instead of the given trusted slice (``combined_untrusted``)."""
+    start = time.perf_counter()
+    frame = mislabel_scores(signals, k=k, layers=layer_names, out_of_fold=oos, dynamics=dynamics)
+    if timings is not None:
+        timings["rankings_s"] = round(time.perf_counter() - start, 2)
     frame["random"] = np.random.default_rng(seed + 104729).random(len(frame))
-    if oos is not None:
-        frame["loss_oos"] = label_losses(oos, signals.train_labels)
-        frame["combined_oos"] = combine({part: frame["loss_oos" if part == "loss" else part].to_numpy()
-                                         for part in COMBINED_PARTS})
+    frame["combined_in_sample"] = combine({p: frame[p].to_numpy() for p in FALLBACK_PARTS if p in frame})
+    if proposed is not None:
+        frame["relative_harm_proposed"] = mislabel_scores(proposed, k=k, layers=layer_names)["relative_harm"].to_numpy()
+        parts = {p: frame["relative_harm_proposed" if p == "relative_harm" else p].to_numpy()
+                 for p in frame.attrs["combined_parts"]}
+        frame["combined_untrusted"] = combine(parts)
+    for name, parts in NEW_COMBINATIONS.items():
+        if all(p in frame for p in parts):
+            frame[name] = combine({p: frame[p].to_numpy() for p in parts})
     return frame
 
 
-HEADLINE = ["self_influence", "trusted_influence", "relative_harm", "loss", "margin", "combined", "loss_oos", "combined_oos", "random"]
+#: Candidate combinations of the new signals, graded side by side (development seed only chooses among them).
+NEW_COMBINATIONS = {
+    "oof+aum": ("oof_loss", "low_aum"),
+    "oof+cleanlab+aum": ("oof_loss", "cleanlab", "low_aum"),
+    "oof+relative": ("oof_loss", "relative_harm"),
+    "oof+aum+relative": ("oof_loss", "low_aum", "relative_harm"),
+}
+HEADLINE = ["self_influence", "trusted_influence", "relative_harm", "relative_harm_proposed", "loss", "margin",
+            "oof_loss", "oof_margin", "cleanlab", "low_aum", "low_confidence", "variability", "forgetting",
+            "combined_in_sample", "combined", "combined_untrusted", *NEW_COMBINATIONS, "random"]
 
 
 def variants(signals: TrainingSignals, layer_sets: dict[str, list[str]], truth: np.ndarray) -> list[dict]:
@@ -283,13 +322,31 @@ def model_and_signals(name: str, train: pd.DataFrame, trusted: pd.DataFrame, arg
     start = time.perf_counter()
     model_dir = finetuned(name, train["text"].tolist(), train["label"].to_numpy(), args, seed)
     timings["finetune_s"] = round(time.perf_counter() - start, 1)
-    oos = None
-    if args.oos_folds:
+    from influence_core.training.crossfit import cross_fit
+    from influence_core.training.finetune import load_dynamics
+
+    oos, runs = None, []
+    recorded = load_dynamics(model_dir)
+    if recorded is not None:
+        runs.append((np.arange(len(train)), recorded))
+    folds = args.cross_fit or args.oos_folds
+    if folds:
         start = time.perf_counter()
-        oos = out_of_sample_probs(name, train, args.oos_folds, args, seed)
-        timings["out_of_sample_s"] = round(time.perf_counter() - start, 1)
-    signals, layer_sets = signals_for(model_dir, train, trusted, args, timings)
-    return model_dir, oos, signals, layer_sets
+        fit = cross_fit(model_dir, train["text"].tolist(), train["label"].to_numpy(), k=folds, seed=seed)
+        oos = fit.probs
+        runs += fit.fold_dynamics()
+        timings["cross_fit_s"] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    dynamics = dynamics_signals(runs, len(train)) if runs else None
+    timings["dynamics_s"] = round(time.perf_counter() - start, 2)
+    if oos is not None:
+        from influence_core.mislabel import confident_learning
+
+        start = time.perf_counter()
+        _, timings["cleanlab_estimated_wrong"] = confident_learning(train["label"].to_numpy(), oos)
+        timings["cleanlab_s"] = round(time.perf_counter() - start, 2)
+    signals, layer_sets, proposed = signals_for(model_dir, train, trusted, args, timings, oos, dynamics)
+    return model_dir, oos, signals, layer_sets, dynamics, proposed
 
 
 def run_sst2(seed: int, args: argparse.Namespace) -> dict:
@@ -297,11 +354,15 @@ def run_sst2(seed: int, args: argparse.Namespace) -> dict:
     timings: dict = {}
     train = sst2_sample(seed, args.n_train, args.flip_rate)
     trusted = sst2_dev(args.n_trusted)
-    model_dir, oos, signals, layer_sets = model_and_signals(f"sst2-s{seed}", train, trusted, args, seed, timings)
+    model_dir, oos, signals, layer_sets, dynamics, proposed = model_and_signals(f"sst2-s{seed}", train, trusted, args,
+                                                                                seed, timings)
     dev_probs = predict(model_dir, trusted["text"].tolist(), args.max_length)
     truth = train["flipped"].to_numpy()
     k = DAMPINGS.index(args.damping)
-    frame = ranking_frame(signals, layer_sets[args.layers], k, oos, seed)
+    start = time.perf_counter()
+    frame = ranking_frame(signals, layer_sets[args.layers], k, oos, seed, dynamics, proposed, timings)
+    timings["whole_ranking_s"] = round(sum(v for key, v in timings.items() if key.endswith("_s") and key not in
+                                           ("finetune_s",)) + time.perf_counter() - start, 1)
     graded = evaluate_rankings(frame, truth, columns=[c for c in HEADLINE if c in frame.columns])
     print(graded.to_string(index=False, float_format="%.3f"), flush=True)
     return {"seed": seed, "n_train": len(train), "n_flipped": int(truth.sum()), "n_trusted": len(trusted),
@@ -316,8 +377,10 @@ def run_airline(seed: int, args: argparse.Namespace) -> dict:
     print(f"airline seed {seed}", flush=True)
     timings: dict = {}
     train, trusted = airline_split(seed, args.n_train, 500)
-    _, oos, signals, layer_sets = model_and_signals(f"airline-s{seed}", train, trusted, args, seed, timings)
-    frame = ranking_frame(signals, layer_sets[args.layers], DAMPINGS.index(args.damping), oos, seed)
+    _, oos, signals, layer_sets, dynamics, proposed = model_and_signals(f"airline-s{seed}", train, trusted, args, seed,
+                                                                        timings)
+    frame = ranking_frame(signals, layer_sets[args.layers], DAMPINGS.index(args.damping), oos, seed, dynamics,
+                          proposed, timings)
     doubt = 1.0 - train["confidence"].to_numpy()
     rows = []
     for name in [c for c in HEADLINE if c in frame.columns]:
@@ -407,13 +470,17 @@ def markdown(results: dict) -> dict[str, str]:
             cells = [_pm(row, m) for m in ("roc_auc", "average_precision", "precision_at_k", "recall_at_10pct",
                                            "recall_at_20pct")]
             lines.append(f"| {row['ranking']} | " + " | ".join(cells) + " |")
-        lines += ["", "| seed | dev accuracy | fine-tune s | out-of-sample s | fit factors s | signals s | "
-                  "flipped labels fitted |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| seed | dev accuracy | fine-tune s | cross-fit s | dynamics s | cleanlab s | fit factors s | "
+                  "signals s | proposed-trusted signals s | whole ranking s | cleanlab's estimate of wrong labels | "
+                  "flipped labels fitted |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in runs:
             t = r["timings"]
             lines.append(f"| {r['seed']} | {r['dev_accuracy']:.3f} | {t.get('finetune_s', 0):.0f} | "
-                         f"{t.get('out_of_sample_s', 0):.0f} | {t.get('fit_factors_s', 0):.0f} | "
-                         f"{t.get('signals_s', 0):.0f} | {r['flipped_fit']:.2f} |")
+                         f"{t.get('cross_fit_s', t.get('out_of_sample_s', 0)):.0f} | {t.get('dynamics_s', 0):.2f} | "
+                         f"{t.get('cleanlab_s', 0):.2f} | {t.get('fit_factors_s', 0):.0f} | "
+                         f"{t.get('signals_s', 0):.0f} | {t.get('proposed_trusted_signals_s', 0):.0f} | "
+                         f"{t.get('whole_ranking_s', 0):.0f} | {t.get('cleanlab_estimated_wrong', '')} | "
+                         f"{r['flipped_fit']:.2f} |")
         sections["sst2"] = "\n".join(lines)
     if "airline_summary" in results:
         runs = results["airline"]

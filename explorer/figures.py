@@ -571,4 +571,25 @@ __all__ = [
     "ranking_curve_figure",
     "empty_figure",
     "figure_html",
+    "lds_bars",
 ]
+
+
+def lds_bars(table: pd.DataFrame, *, ceiling: float | None = None, title: str = "") -> go.Figure:
+    """LDS per scoring variant with its 95% interval as error bars (``table`` from ``LDSResult.table``: ``variant``,
+    ``lds``, ``ci_low``, ``ci_high``, ``method``). The random control is grey; a dashed line marks the
+    retraining-noise ceiling when known."""
+    rows = table.reset_index(drop=True)
+    lds = rows["lds"].astype(float).to_numpy()
+    colors = ["#9e9e9e" if m == "random" else "#2166ac" for m in rows["method"]]
+    fig = go.Figure(go.Bar(
+        x=rows["variant"].astype(str), y=lds, marker_color=colors,
+        error_y={"type": "data", "symmetric": False, "array": rows["ci_high"].astype(float).to_numpy() - lds,
+                 "arrayminus": lds - rows["ci_low"].astype(float).to_numpy()},
+        hovertemplate="%{x}<br>LDS %{y:.3f}<extra></extra>",
+    ))
+    if ceiling is not None and np.isfinite(ceiling):
+        fig.add_hline(y=ceiling, line_dash="dash", annotation_text=f"retraining noise ceiling {ceiling:.2f}")
+    fig.update_layout(title=title or None, yaxis_title="LDS (mean Spearman)", yaxis_range=[-1, 1],
+                      margin={"l": 40, "r": 10, "t": 40 if title else 10, "b": 10}, height=380)
+    return fig

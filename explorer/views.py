@@ -182,12 +182,18 @@ def ranking_help() -> dict[str, str]:
     return helps
 
 
-def rankings(analysis: Analysis, k: int, layers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def rankings(analysis: Analysis, k: int, layers: Sequence[str] | None = None, *,
+             out_of_fold: np.ndarray | None = None, dynamics: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
     """Every available suspicion score per training review ``{name: [n_train]}``, higher = more suspicious.
 
     The rankings of ``influence_core.mislabel`` (self-influence, trusted influence, loss, margin, combined) come
     first when that module is present; the app's own (:data:`RANKINGS`) fill in what it lacks. Each becomes a
     column of the finder's table, so adding a ranking there adds it to the page.
+
+    ``out_of_fold`` (probabilities [n_train, C] from :func:`cross_fit_analysis`) adds ``oof_loss``, ``oof_margin``
+    and ``cleanlab`` (its estimate of the number of wrong labels goes to ``estimated_wrong_labels``); ``dynamics``
+    (from :func:`training_dynamics`) adds ``low_aum``, ``low_confidence``, ``variability`` and ``forgetting``;
+    ``combined`` then averages the parts :func:`influence_core.mislabel.combined_parts` names.
 
     Each ranking is computed on its own: one that fails is left out and named, with the reason, in the result's
     ``failed`` (``{name: reason}``, for the page to show) and the log, while the others still show. Raises
@@ -198,7 +204,8 @@ def rankings(analysis: Analysis, k: int, layers: Sequence[str] | None = None) ->
     out = Rankings()
     own = [(name, lambda fn=fn: fn(analysis, k, chosen)) for name, (_, fn) in RANKINGS.items()]
     handled: set[str] = set()
-    for name, fn in [*_library_rankings(analysis, k, chosen).items(), *own]:
+    library = _library_rankings(analysis, k, chosen, out_of_fold, dynamics, out)
+    for name, fn in [*library.items(), *own]:
         if name in handled:
             continue
         handled.add(name)
@@ -226,13 +233,17 @@ class Rankings(dict):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.failed: dict[str, str] = {}
+        #: cleanlab's estimate of how many labels are wrong (with out-of-fold probabilities), else None
+        self.estimated_wrong_labels: int | None = None
 
 
 class _Absent(Exception):
     """A ranking whose signal the scores do not have (e.g. no self-influence was computed): left out, not a failure."""
 
 
-def _library_rankings(analysis: Analysis, k: int, layers: list[str] | None) -> dict[str, Callable[[], np.ndarray] | None]:
+def _library_rankings(analysis: Analysis, k: int, layers: list[str] | None, out_of_fold: np.ndarray | None = None,
+                      dynamics: pd.DataFrame | None = None,
+                      out: Rankings | None = None) -> dict[str, Callable[[], np.ndarray] | None]:
     """One function per ranking of ``influence_core.mislabel`` (the numbers of its ``rankings``), in its order; empty
     when that module is absent. None for a ranking whose signal the scores lack (left out, as there)."""
     try:
@@ -258,6 +269,27 @@ def _library_rankings(analysis: Analysis, k: int, layers: list[str] | None) -> d
         "loss": lambda: mislabel.label_losses(signals().train_probs, signals().train_labels),
         "margin": lambda: mislabel.negative_margins(signals().train_probs, signals().train_labels),
     }
+    if out_of_fold is not None and hasattr(mislabel, "held_out_columns"):
+        def held_out():
+            if "held_out" not in cache:
+                labels = signals().train_labels
+                columns = mislabel.held_out_columns(np.asarray(out_of_fold, dtype=float), labels)
+                quality, estimated = mislabel.confident_learning(labels, out_of_fold)
+                columns["cleanlab"] = 1.0 - quality
+                if out is not None:
+                    out.estimated_wrong_labels = estimated
+                cache["held_out"] = columns
+            return cache["held_out"]
+
+        parts.update({name: (lambda name=name: held_out()[name]) for name in ("oof_loss", "oof_margin", "cleanlab")})
+    if dynamics is not None and hasattr(mislabel, "dynamics_columns"):
+        def from_dynamics():
+            if "dynamics" not in cache:
+                cache["dynamics"] = mislabel.dynamics_columns(dynamics, analysis.scores.n_train)
+            return cache["dynamics"]
+
+        parts.update({name: (lambda name=name: from_dynamics()[name])
+                      for name in ("low_aum", "low_confidence", "variability", "forgetting")})
 
     def part(name):
         def compute():
@@ -269,7 +301,9 @@ def _library_rankings(analysis: Analysis, k: int, layers: list[str] | None) -> d
 
     def combined():
         used = {}
-        for name in mislabel.COMBINED_PARTS:
+        names = (mislabel.combined_parts([n for n in parts if n in mislabel.RANKINGS])
+                 if hasattr(mislabel, "combined_parts") else mislabel.COMBINED_PARTS)
+        for name in names:
             try:
                 used[name] = part(name)()
             except _Absent:  # skipped, as mislabel_scores does
@@ -289,6 +323,77 @@ def _library_rankings(analysis: Analysis, k: int, layers: list[str] | None) -> d
             pass
         available[name] = fn
     return available
+
+
+def training_dynamics(spec: AnalysisSpec, analysis: Analysis, cross_fit=None) -> pd.DataFrame | None:
+    """Training-dynamics statistics of each analysed training review (``influence_core.mislabel.dynamics_signals``),
+    pooled over the model under study (when the project fine-tuned it: its ``dynamics.npz``) and the folds of
+    ``cross_fit`` (a :class:`~influence_core.training.crossfit.CrossFit` of ``analysis.train``); None when neither
+    recorded any for these reviews. Reviews are matched to the model's training examples by text and label."""
+    from influence_core.mislabel import dynamics_signals
+    from influence_core.training.finetune import load_dynamics
+
+    runs = []
+    try:
+        from explorer.spec import study_model
+
+        recorded = load_dynamics(study_model(spec))
+    except (InfluenceError, OSError):
+        recorded = None
+    train = analysis.train
+    if recorded is not None:
+        rows = recorded.rows_for(train["text"].tolist(), train["label"].to_numpy())
+        position = np.full(recorded.n, -1, dtype=np.int64)  # dynamics example -> analysed review
+        position[rows[rows >= 0]] = np.flatnonzero(rows >= 0)
+        if (position >= 0).any():
+            runs.append((position, recorded))
+    if cross_fit is not None:
+        runs += cross_fit.fold_dynamics()
+    return dynamics_signals(runs, len(train)) if runs else None
+
+
+def cross_fit_analysis(spec: AnalysisSpec, analysis: Analysis, k: int, progress: Progress):
+    """Cross-fit the model's recipe on the analysed training reviews (``k`` folds; see
+    :func:`influence_core.training.crossfit.cross_fit`), as a background job's function. Returns the CrossFit."""
+    from explorer.jobs import JobCancelled
+    from explorer.spec import study_model
+    from influence_core.training.crossfit import cross_fit
+
+    check = getattr(progress, "check", None)
+
+    def cancelled() -> bool:
+        try:
+            if check is not None:
+                check()
+        except JobCancelled:
+            return True
+        return False
+
+    train = analysis.train
+    return cross_fit(study_model(spec), train["text"].tolist(), train["label"].to_numpy(), k=int(k),
+                     label_names=analysis.label_names, progress=progress, cancel=cancelled)
+
+
+def label_studio_tasks(train: pd.DataFrame, scores: dict[str, np.ndarray], label_names: Sequence[str],
+                       order: Sequence[int], reasons: Sequence[str] | None = None) -> list[dict]:
+    """The review queue as Label Studio tasks (its JSON import format: a list of ``{"data": ..., "predictions": [...],
+    "meta": ...}``), for a labelling config with ``<Text name="text" value="$text"/>`` and
+    ``<Choices name="label" toName="text">`` over ``label_names``. Each task pre-selects the *given* label as a
+    prediction whose ``score`` is the combined suspicion (so Label Studio can sort by it); ``meta`` carries the
+    row id, rank and every signal."""
+    tasks = []
+    for rank, j in enumerate(order, start=1):
+        j = int(j)
+        label = label_names[int(train["label"].iloc[j])]
+        signals = {name: float(values[j]) for name, values in scores.items() if np.isfinite(values[j])}
+        tasks.append({
+            "data": {"text": str(train["text"].iloc[j]), "row_id": int(train["row_id"].iloc[j]), "given_label": label},
+            "predictions": [{"model_version": "influence-explorer-mislabel", "score": signals.get("combined", 0.0),
+                             "result": [{"from_name": "label", "to_name": "text", "type": "choices",
+                                         "value": {"choices": [label]}}]}],
+            "meta": {"rank": rank, "signals": signals, **({"why": reasons[j]} if reasons is not None else {})},
+        })
+    return tasks
 
 
 #: The Mislabel finder's default "Rank by": the combined ranking when ``influence_core.mislabel`` provides it.

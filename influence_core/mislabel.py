@@ -15,11 +15,23 @@ Every ranking is a score per training example, shape [n_train], where **higher =
   direction: does the example pull the model away from what clean data needs?
 - ``loss``: cross-entropy of the given label, ``-log p_y``.
 - ``margin``: minus the prediction margin, ``max_{c != y} p_c - p_y``, in [-1, 1].
-- ``combined``: the mean of the percentile ranks of :data:`COMBINED_PARTS` that are available (see
+- ``oof_loss``, ``oof_margin``: loss and margin from *out-of-fold* probabilities (each example scored by a model
+  that did not train on it: :func:`influence_core.training.crossfit.cross_fit`, or the user's own). A memorised
+  wrong label has a low in-sample loss but a high out-of-fold one.
+- ``cleanlab``: one minus cleanlab's label-quality score (``cleanlab.rank.get_label_quality_scores``, confident
+  learning, Northcutt et al. 2021) from the out-of-fold probabilities only; :func:`confident_learning` also
+  returns cleanlab's estimate of how many labels are wrong (``cleanlab.count.num_label_issues``).
+- ``low_aum``, ``low_confidence``, ``variability``, ``forgetting``: training dynamics recorded during fine-tuning
+  (:func:`dynamics_signals`): minus the area under the margin (AUM, Pleiss et al. 2020: mean over epochs of the
+  given label's logit minus the largest other), one minus the data-map confidence (mean p_y over epochs,
+  Swayamdipta et al. 2020), its standard deviation (high = ambiguous rather than wrong), and forgetting events
+  (Toneva et al. 2019: correct at one epoch, wrong at the next; never learned counts as forgotten every epoch).
+- ``combined``: the mean of the percentile ranks of the available parts chosen by :func:`combined_parts` (see
   :func:`combine`); ``rank`` orders it (1 = most suspicious).
 
-``loss`` and ``margin`` use out-of-sample probabilities (e.g. cross-validated) when they are given, else the
-model's in-sample ones. The core functions are pure: :func:`mislabel_scores` works on a cached
+``loss`` and ``margin`` use the model's in-sample probabilities (or the ``probs`` given, for compatibility).
+Without a trusted slice, :func:`propose_trusted_slice` proposes one: the examples predicted most confidently and
+consistently out of fold, in sample and across epochs. The core functions are pure: :func:`mislabel_scores` works on a cached
 :class:`~influence_core.engine.scores.ScoreTable` (the app's test slice serves as the trusted slice) and
 :func:`training_signals` computes the same inputs for a large training set from one gradient pass (the
 CLI's ``mislabels`` command). :func:`evaluate_rankings` grades rankings against known mislabels.
@@ -41,8 +53,10 @@ from influence_core.errors import DataError
 Progress = Callable[[int, int, str], None]
 
 #: Every ranking column of :func:`mislabel_scores`, in display order (``combined`` last).
-RANKINGS = ("self_influence", "trusted_influence", "relative_harm", "loss", "margin", "combined")
-#: The rankings averaged (as percentile ranks) into ``combined``: the data scientist's baseline (loss: the model
+RANKINGS = ("self_influence", "trusted_influence", "relative_harm", "loss", "margin", "oof_loss", "oof_margin",
+            "cleanlab", "low_aum", "low_confidence", "variability", "forgetting", "combined")
+#: The rankings averaged (as percentile ranks) into ``combined`` when only the model under study is available (no
+#: out-of-fold probabilities, no training dynamics): the data scientist's baseline (loss: the model
 #: disagrees with the label) and the curvature-aware direction test (relative harm: the example pulls the model
 #: away from what clean data needs). They fail differently: loss misses flips the model has memorised,
 #: relative harm is blind to how wrong the model is on the example. Chosen on development data only (SST-2 seed 100
@@ -50,7 +64,16 @@ RANKINGS = ("self_influence", "trusted_influence", "relative_harm", "loss", "mar
 #: the only mean of ranks that beat both of its parts on ROC-AUC, average precision and top-20% recall; means
 #: with self-influence or raw trusted influence scored lower (see the README). ``margin`` orders binary examples
 #: exactly as ``loss`` and would count twice.
-COMBINED_PARTS = ("relative_harm", "loss")
+FALLBACK_PARTS = ("relative_harm", "loss")
+#: ``combined`` when out-of-fold probabilities or training dynamics are available: the signals that see memorised
+#: flips (out-of-fold loss, cleanlab's class-calibrated quality, AUM) and the direction test against a trusted slice
+#: (relative harm; the proposed one when the user has none). Fixed without looking at evaluation labels: one
+#: representative per family of evidence (held-out disagreement, confident learning, training dynamics, influence),
+#: equal weights; margin variants and data-map confidence order binary examples almost as loss and AUM do and would
+#: count twice. Measured against each part on the development data only (benchmarks/mislabel.py --dev).
+COMBINED_PARTS = ("oof_loss", "cleanlab", "low_aum", "relative_harm")
+#: Without any of these the model's in-sample loss is all there is: ``combined`` falls back to FALLBACK_PARTS.
+HELD_OUT_SIGNALS = ("oof_loss", "cleanlab", "low_aum")
 #: One-line explanations for the UI and the CLI.
 DESCRIPTIONS = {
     "self_influence": "EK-FAC self-influence I(m, m): how much the review's own loss depends on its weight.",
@@ -59,7 +82,31 @@ DESCRIPTIONS = {
                      "the model away from clean data, whatever its size.",
     "loss": "Cross-entropy of the given label (out-of-sample when such predictions are supplied).",
     "margin": "Minus the prediction margin p(given label) - max p(other label).",
-    "combined": "Mean percentile rank of " + ", ".join(COMBINED_PARTS) + ".",
+    "oof_loss": "Cross-entropy of the given label under a model that never trained on the review (cross-fitting): "
+                "high even when the model under study memorised a wrong label.",
+    "oof_margin": "Minus the out-of-fold prediction margin: the held-out model prefers another label.",
+    "cleanlab": "One minus cleanlab's label quality (confident learning on the out-of-fold probabilities).",
+    "low_aum": "Minus the area under the margin (AUM): during training the model kept preferring another label.",
+    "low_confidence": "One minus the mean probability of the given label over the training epochs (data map).",
+    "variability": "Spread of that probability over the epochs: high = ambiguous or hard rather than wrong.",
+    "forgetting": "Forgetting events during training (learned, then wrong again); never learned counts at every epoch.",
+    "combined": "Mean percentile rank of " + ", ".join(COMBINED_PARTS) + " (those available; without out-of-fold "
+                "probabilities or training dynamics: " + ", ".join(FALLBACK_PARTS) + ").",
+}
+#: Reasons in words for the review card, keyed by signal: why a high percentile is suspicious.
+REASONS = {
+    "self_influence": "its own loss depends strongly on its weight (memorised)",
+    "trusted_influence": "it hurts the trusted slice",
+    "relative_harm": "it pulls the model away from the trusted slice",
+    "loss": "the model disagrees with the label",
+    "margin": "the model prefers another label",
+    "oof_loss": "a model that never saw it disagrees with the label",
+    "oof_margin": "a model that never saw it prefers another label",
+    "cleanlab": "confident learning flags the label",
+    "low_aum": "during training the model kept preferring another label",
+    "low_confidence": "the label's probability stayed low during training",
+    "variability": "the model wavered on it during training",
+    "forgetting": "the model learned and forgot it during training",
 }
 
 
@@ -271,7 +318,113 @@ def _sharded_signals(engine, train_texts, train_labels, trusted_texts, trusted_l
     )
 
 
+# ----------------------------------------------------------------------------------------------- held-out signals
+def confident_learning(labels: np.ndarray, out_of_fold: np.ndarray) -> tuple[np.ndarray, int]:
+    """cleanlab's label quality and its estimate of how many labels are wrong, from out-of-fold probabilities.
+
+    Args:
+        labels: Given labels, shape [n].
+        out_of_fold: Class probabilities of each example from a model that did not train on it, shape [n, C]
+            (in-sample probabilities would make confident learning trust memorised labels).
+
+    Returns:
+        ``(quality, n_issues)``: quality [n] in [0, 1], *lower* = the label is less likely correct (the
+        self-confidence after subtracting each class's mean confidence, ``adjust_pred_probs=True``: a class the
+        model is less sure of overall does not flood the top); ``n_issues``: cleanlab's estimate of the number of
+        wrong labels (``num_label_issues``, off-diagonal mass of the confident joint).
+    """
+    from cleanlab import count, rank
+
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(out_of_fold, dtype=float)
+    quality = rank.get_label_quality_scores(labels, probs, adjust_pred_probs=True)
+    n_issues = int(count.num_label_issues(labels, probs))
+    return np.asarray(quality, dtype=float), n_issues
+
+
+def dynamics_signals(runs: Sequence[tuple[np.ndarray, object]], n: int) -> pd.DataFrame:
+    """Training-dynamics statistics of each of ``n`` examples, pooled over every fine-tune that trained on it.
+
+    Args:
+        runs: ``(rows, dynamics)`` per fine-tune: ``rows`` [n_run] the examples' positions in this table (in the
+            dynamics' order), ``dynamics`` a :class:`~influence_core.training.finetune.TrainingDynamics`
+            (``given_prob``, ``margin``, ``correct``, each [epochs, n_run]). The model under study and the
+            cross-fit folds count alike.
+        n: Number of examples.
+
+    Returns:
+        One row per example: ``aum`` (mean logit margin over every recorded epoch; negative = the model preferred
+        another label), ``confidence`` (mean p_y), ``variability`` (std of p_y), ``forgetting`` (1 -> 0 steps of
+        correctness within each run, summed; a run that never got it right counts its epochs), ``epochs_seen``.
+        NaN where no run trained on the example.
+    """
+    probs: list[list[np.ndarray]] = [[] for _ in range(n)]
+    margins: list[list[np.ndarray]] = [[] for _ in range(n)]
+    forgetting = np.zeros(n)
+    seen = np.zeros(n, dtype=np.int64)
+    for rows, dynamics in runs:
+        rows = np.asarray(rows, dtype=np.int64)
+        given, margin, correct = dynamics.given_prob, dynamics.margin, np.asarray(dynamics.correct, dtype=bool)
+        if given.shape[1] != len(rows):
+            raise DataError(f"training dynamics of {given.shape[1]} examples given for {len(rows)} rows")
+        keep = rows >= 0
+        events = (correct[:-1] & ~correct[1:]).sum(axis=0).astype(float)
+        never = ~correct.any(axis=0)
+        events[never] = correct.shape[0]
+        for j in np.flatnonzero(keep):
+            i = rows[j]
+            probs[i].append(given[:, j])
+            margins[i].append(margin[:, j])
+        np.add.at(forgetting, rows[keep], events[keep])
+        np.add.at(seen, rows[keep], correct.shape[0])
+    frame = pd.DataFrame({
+        "aum": [float(np.nanmean(np.concatenate(m))) if m else np.nan for m in margins],
+        "confidence": [float(np.nanmean(np.concatenate(p))) if p else np.nan for p in probs],
+        "variability": [float(np.nanstd(np.concatenate(p))) if p else np.nan for p in probs],
+        "forgetting": np.where(seen > 0, forgetting, np.nan),
+        "epochs_seen": seen,
+    })
+    return frame
+
+
+def propose_trusted_slice(labels: np.ndarray, in_sample: np.ndarray, out_of_fold: np.ndarray | None = None,
+                          variability: np.ndarray | None = None, *, fraction: float = 0.2) -> np.ndarray:
+    """A *proposed* trusted slice when the user has none: the examples predicted most confidently and consistently.
+
+    An example is a candidate when both its in-sample and (if given) out-of-fold probability of the given label
+    exceed 1/2; candidates are ordered by ``min(p_in, p_oof) - variability`` (variability of p_y over the
+    training epochs, if given) and the top ``fraction`` of all examples is taken, spread over the classes in
+    proportion to their size so the slice covers every class. No label is checked: it is a guess, to be labelled
+    "proposed trusted slice" wherever it is shown.
+
+    Returns:
+        Bool mask [n]; True = in the proposed trusted slice.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    rows = np.arange(len(labels))
+    score = np.asarray(in_sample, dtype=float)[rows, labels]
+    if out_of_fold is not None:
+        score = np.minimum(score, np.asarray(out_of_fold, dtype=float)[rows, labels])
+    candidate = score > 0.5
+    if variability is not None:
+        score = score - np.nan_to_num(np.asarray(variability, dtype=float), nan=0.0)
+    chosen = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero((labels == label) & candidate)
+        take = int(math.ceil(fraction * int((labels == label).sum())))
+        chosen[members[np.argsort(-score[members], kind="stable")[:take]]] = True
+    return chosen
+
+
 # ----------------------------------------------------------------------------------------------- rankings
+def combined_parts(available: Sequence[str]) -> list[str]:
+    """The rankings ``combined`` averages, given those ``available``: :data:`COMBINED_PARTS` when a held-out signal
+    (out-of-fold loss, cleanlab, AUM) is among them, else :data:`FALLBACK_PARTS`; only those available."""
+    available = list(available)
+    parts = COMBINED_PARTS if any(name in available for name in HELD_OUT_SIGNALS) else FALLBACK_PARTS
+    return [name for name in parts if name in available]
+
+
 def percentile_ranks(scores: np.ndarray) -> np.ndarray:
     """Rank of each score divided by n, in (0, 1]; ties share their mean rank, NaN ranks lowest. Shape [n]."""
     scores = np.asarray(scores, dtype=float)
@@ -321,7 +474,8 @@ def _check_probs(probs: np.ndarray, n: int, classes: int) -> np.ndarray:
 
 def mislabel_scores(table: ScoreTable | TrainingSignals, k: int = 0, layers: Sequence[str] | None = None,
                     trusted: bool = True, probs: np.ndarray | None = None,
-                    parts: Sequence[str] = COMBINED_PARTS) -> pd.DataFrame:
+                    parts: Sequence[str] | None = None, *, out_of_fold: np.ndarray | None = None,
+                    dynamics: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every suspicion ranking for the training examples of ``table``, without recomputing anything.
 
     Args:
@@ -329,14 +483,20 @@ def mislabel_scores(table: ScoreTable | TrainingSignals, k: int = 0, layers: Seq
         k: Damping index.
         layers: Layers to sum (default: all in the table).
         trusted: Include ``trusted_influence`` (only meaningful when the test slice's labels are trusted).
-        probs: Out-of-sample probabilities [n_train, C] for ``loss`` and ``margin`` (default: in-sample).
-        parts: The rankings averaged into ``combined`` (those unavailable are skipped).
+        probs: Probabilities [n_train, C] that replace the in-sample ones for ``loss`` and ``margin`` (kept for
+            compatibility; prefer ``out_of_fold``).
+        parts: The rankings averaged into ``combined`` (those unavailable are skipped); default
+            :func:`combined_parts` of what is available.
+        out_of_fold: Out-of-fold probabilities [n_train, C] (e.g. ``cross_fit(...).probs``): adds ``oof_loss``,
+            ``oof_margin`` and ``cleanlab`` (cleanlab sees these only).
+        dynamics: Training-dynamics statistics from :func:`dynamics_signals` (n_train rows): adds ``low_aum``,
+            ``low_confidence``, ``variability``, ``forgetting`` (NaN rows, never trained on, rank lowest).
 
     Returns:
-        DataFrame with n_train rows in training order and columns ``self_influence``, ``trusted_influence``
-        (when available), ``loss``, ``margin``, ``combined`` (all: higher = more suspicious) and ``rank``
-        (1 = most suspicious by ``combined``). ``df.attrs`` holds ``probs`` ("out-of-sample" or "in-sample")
-        and ``combined_parts``.
+        DataFrame with n_train rows in training order and one column per available ranking of :data:`RANKINGS`
+        (all: higher = more suspicious) and ``rank`` (1 = most suspicious by ``combined``). ``df.attrs`` holds
+        ``probs`` ("out-of-sample" or "in-sample"), ``combined_parts``, ``n_trusted`` and, with out-of-fold
+        probabilities, ``estimated_wrong_labels`` (cleanlab's count).
     """
     signals = TrainingSignals.from_table(table) if isinstance(table, ScoreTable) else table
     if not 0 <= k < len(signals.dampings):
@@ -356,13 +516,40 @@ def mislabel_scores(table: ScoreTable | TrainingSignals, k: int = 0, layers: Seq
         source = _check_probs(probs, signals.n_train, signals.train_probs.shape[1])
     columns["loss"] = label_losses(source, signals.train_labels)
     columns["margin"] = negative_margins(source, signals.train_labels)
-    used = {name: columns[name] for name in parts if name in columns}
+    estimated = None
+    if out_of_fold is not None:
+        held_out = _check_probs(out_of_fold, signals.n_train, signals.train_probs.shape[1])
+        columns.update(held_out_columns(held_out, signals.train_labels))
+        quality, estimated = confident_learning(signals.train_labels, held_out)
+        columns["cleanlab"] = 1.0 - quality
+    if dynamics is not None:
+        columns.update(dynamics_columns(dynamics, signals.n_train))
+    names = combined_parts(list(columns)) if parts is None else [name for name in parts if name in columns]
+    used = {name: columns[name] for name in names}
     frame = pd.DataFrame(columns)
     frame["combined"] = combine(used)
     frame["rank"] = rank_order(frame["combined"].to_numpy())
     frame.attrs.update(probs="out-of-sample" if probs is not None else "in-sample", combined_parts=list(used),
                        n_trusted=signals.n_trusted if trusted_values is not None else 0)
+    if estimated is not None:
+        frame.attrs["estimated_wrong_labels"] = estimated
     return frame
+
+
+def held_out_columns(out_of_fold: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """``oof_loss`` and ``oof_margin`` [n] (higher = more suspicious) from out-of-fold probabilities [n, C]."""
+    return {"oof_loss": label_losses(out_of_fold, labels), "oof_margin": negative_margins(out_of_fold, labels)}
+
+
+def dynamics_columns(dynamics: pd.DataFrame, n: int) -> dict[str, np.ndarray]:
+    """The suspicion columns of :func:`dynamics_signals`' statistics, each [n], higher = more suspicious:
+    ``low_aum`` (-aum), ``low_confidence`` (1 - confidence), ``variability``, ``forgetting``."""
+    if len(dynamics) != n:
+        raise DataError(f"training dynamics for {len(dynamics)} rows given for {n} training examples")
+    return {"low_aum": -dynamics["aum"].to_numpy(dtype=float),
+            "low_confidence": 1.0 - dynamics["confidence"].to_numpy(dtype=float),
+            "variability": dynamics["variability"].to_numpy(dtype=float),
+            "forgetting": dynamics["forgetting"].to_numpy(dtype=float)}
 
 
 def rank_order(scores: np.ndarray) -> np.ndarray:
@@ -373,10 +560,27 @@ def rank_order(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def rankings(table: ScoreTable, k: int = 0, layers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def rankings(table: ScoreTable, k: int = 0, layers: Sequence[str] | None = None, *,
+             out_of_fold: np.ndarray | None = None, dynamics: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
     """The rankings for the app's mislabel finder: ``{name: [n_train]}``, higher = more suspicious."""
-    frame = mislabel_scores(table, k=k, layers=layers)
+    frame = mislabel_scores(table, k=k, layers=layers, out_of_fold=out_of_fold, dynamics=dynamics)
     return {name: frame[name].to_numpy() for name in RANKINGS if name in frame.columns}
+
+
+def signal_percentiles(scores: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Percentile rank in (0, 1] of every example under every signal (1 = the most suspicious), [n, n_signals]."""
+    return pd.DataFrame({name: percentile_ranks(np.asarray(values, dtype=float)) for name, values in scores.items()})
+
+
+def suspicion_reasons(percentiles: Mapping[str, float], *, threshold: float = 0.9) -> str:
+    """Why one example is suspected, in words: the signals that put it in their top ``1 - threshold``, most
+    suspicious first, e.g. ``"a model that never saw it disagrees with the label (top 2%); ..."``."""
+    flagged = sorted(((float(value), name) for name, value in percentiles.items()
+                      if name in REASONS and np.isfinite(value) and value >= threshold), reverse=True)
+    if not flagged:
+        return f"no signal puts it in its top {1 - threshold:.0%}"
+    return "; ".join(f"{REASONS[name]} (top {max(1.0 - value, 0.0) * 100:.0f}%)" if 1.0 - value >= 0.005 else
+                     f"{REASONS[name]} (top)" for value, name in flagged)
 
 
 # ----------------------------------------------------------------------------------------------- grading
@@ -421,37 +625,39 @@ def recall_curve(scores: np.ndarray, truth: np.ndarray) -> pd.DataFrame:
                          "recall": found / total, "precision": found / inspected})
 
 
+def _finite(scores: np.ndarray) -> np.ndarray:
+    """Scores with NaN below every finite value (NaN ranks lowest), as scikit-learn refuses NaN and infinity."""
+    scores = np.asarray(scores, dtype=float)
+    finite = scores[np.isfinite(scores)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    span = max(high - low, 1.0)
+    scores = np.where(np.isposinf(scores), high + span, scores)
+    return np.where(np.isnan(scores) | np.isneginf(scores), low - span, scores)
+
+
 def roc_auc(scores: np.ndarray, truth: np.ndarray) -> float:
     """Probability that a random true mislabel scores above a random clean example (ties count 1/2).
 
-    The Mann-Whitney U statistic over (truth, scores); NaN scores rank lowest; NaN if one class is empty.
+    ``sklearn.metrics.roc_auc_score``; NaN scores rank lowest; NaN if one class is empty.
     """
+    from sklearn.metrics import roc_auc_score
+
     truth = _truth(truth, len(scores))
-    positives, negatives = int(truth.sum()), int((~truth).sum())
-    if positives == 0 or negatives == 0:
+    if truth.all() or not truth.any():
         return float("nan")
-    scores = np.asarray(scores, dtype=float)
-    ranks = stats.rankdata(np.where(np.isnan(scores), -np.inf, scores), method="average")
-    return float((ranks[truth].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+    return float(roc_auc_score(truth, _finite(scores)))
 
 
 def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
-    """``sum_n (R_n - R_{n-1}) P_n`` over distinct score thresholds, highest first (scikit-learn's definition:
-    tied scores enter together). 1 = every mislabel ranked above every clean example; a random ranking
-    scores about the mislabel rate."""
+    """``sum_n (R_n - R_{n-1}) P_n`` over distinct score thresholds, highest first
+    (``sklearn.metrics.average_precision_score``: tied scores enter together). 1 = every mislabel ranked above
+    every clean example; a random ranking scores about the mislabel rate. NaN without a true mislabel."""
+    from sklearn.metrics import average_precision_score
+
     truth = _truth(truth, len(scores))
     if not truth.any():
         return float("nan")
-    scores = np.asarray(scores, dtype=float)
-    scores = np.where(np.isnan(scores), -np.inf, scores)
-    order = np.argsort(-scores, kind="stable")
-    sorted_scores, hits = scores[order], truth[order].astype(float)
-    # the last index of each group of tied scores is a threshold
-    last = np.r_[np.flatnonzero(np.diff(sorted_scores) != 0), len(sorted_scores) - 1]
-    true_positives = np.cumsum(hits)[last]
-    precision = true_positives / (last + 1)
-    recall = true_positives / truth.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(average_precision_score(truth, _finite(scores)))
 
 
 def evaluate_rankings(df: pd.DataFrame | Mapping[str, np.ndarray], truth: np.ndarray, *, k: int | None = None,
@@ -506,7 +712,10 @@ def probabilities_from_table(table: pd.DataFrame, label_names: Sequence[str], n:
 
 
 __all__ = [
-    "COMBINED_PARTS", "DESCRIPTIONS", "RANKINGS", "TrainingSignals", "average_precision", "combine",
-    "evaluate_rankings", "label_losses", "mislabel_scores", "negative_margins", "percentile_ranks",
-    "precision_at_k", "probabilities_from_table", "rank_order", "rankings", "recall_at_fraction", "recall_curve", "roc_auc", "training_signals",
+    "COMBINED_PARTS", "DESCRIPTIONS", "FALLBACK_PARTS", "HELD_OUT_SIGNALS", "RANKINGS", "REASONS", "TrainingSignals",
+    "average_precision", "combine", "combined_parts", "confident_learning", "dynamics_columns", "dynamics_signals",
+    "evaluate_rankings", "held_out_columns", "label_losses", "mislabel_scores", "negative_margins",
+    "percentile_ranks", "precision_at_k", "probabilities_from_table", "propose_trusted_slice", "rank_order",
+    "rankings", "recall_at_fraction", "recall_curve", "roc_auc", "signal_percentiles", "suspicion_reasons",
+    "training_signals",
 ]

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -12,6 +18,7 @@ from explorer import ui as common
 from explorer.analysis import ground_truth_columns
 from explorer.highlight import text_html
 from influence_core.cache import stable_hash
+from influence_core.mislabel import signal_percentiles, suspicion_reasons
 
 common.ensure_frame()
 st.title("Mislabel finder")
@@ -23,11 +30,51 @@ st.caption(
 
 out, analysis = common.require_analysis()
 train = analysis.train
-scores_by_name = views.rankings(analysis, out.k, out.layers)
+
+# ---------------------------------------------------------------- out-of-fold signals (cross-fitting)
+with st.expander("Out-of-fold signals: cross-fit the model's recipe", icon=":material/call_split:"):
+    st.caption(
+        "In-sample loss misses wrong labels the model has memorised. Cross-fitting fine-tunes the model's own recipe "
+        "K times, each on all folds but one (stratified, seeded), and scores every review with the model that never "
+        "saw it: out-of-fold loss and margin, and cleanlab's label quality and estimate of how many labels are wrong "
+        "(confident learning on the out-of-fold probabilities only). Each fine-tune is cached and records its "
+        "training dynamics. A model without a recorded recipe (e.g. from the Hub) is fine-tuned further on each "
+        "fold with default hyper-parameters."
+    )
+    folds = st.number_input("Folds (K)", 2, 10, 4, key="mf_folds", bind="query-params")
+    crossfit_key = f"crossfit-{analysis.key}-{int(folds)}"
+    crossfit_job = common.job_runner().get(crossfit_key)
+    if crossfit_job is None or crossfit_job.status != "done":
+        estimate = cost.estimate_finetune(out.spec, int(len(train) * (int(folds) - 1) / int(folds)), runs=int(folds))
+        st.caption(f"Cost: {estimate.describe()}.")
+        if (crossfit_job is None or not crossfit_job.running) and st.button(
+            f"Cross-fit ({int(folds)} fine-tunes)", key="mf_crossfit", icon=":material/model_training:"):
+            spec, kk = out.spec, int(folds)
+            common.job_runner().start(lambda progress: views.cross_fit_analysis(spec, analysis, kk, progress),
+                                      key=crossfit_key, name="Cross-fit")
+            st.rerun()
+        common.job_panel(crossfit_key)
+    else:
+        st.success(f"Out-of-fold probabilities from {crossfit_job.result.k} fine-tunes "
+                   f"({crossfit_job.result.seconds:.0f} s).", icon=":material/check:")
+        for note in crossfit_job.result.notes:
+            st.caption(note)
+crossfit = crossfit_job.result if crossfit_job is not None and crossfit_job.status == "done" else None
+dynamics = views.training_dynamics(out.spec, analysis, crossfit)
+scores_by_name = views.rankings(analysis, out.k, out.layers, out_of_fold=None if crossfit is None else crossfit.probs,
+                                dynamics=dynamics)
 for failed, reason in getattr(scores_by_name, "failed", {}).items():
     st.warning(f"The {failed.replace('_', ' ')} ranking could not be computed: {reason}", icon=":material/warning:")
 names = list(scores_by_name)
 helps = views.ranking_help()
+percentiles = signal_percentiles({n: scores_by_name[n] for n in names if n != "combined"})
+reasons = [suspicion_reasons(row) for row in percentiles.to_dict("records")]
+estimated = getattr(scores_by_name, "estimated_wrong_labels", None)
+m1, m2 = st.columns(2)
+m1.metric("Estimated wrong labels (cleanlab)", "cross-fit first" if estimated is None else
+          f"{estimated} of {len(train)}", help="cleanlab.count.num_label_issues on the out-of-fold probabilities")
+m2.metric("Signals", len(names), help=("training dynamics recorded" if dynamics is not None else
+                                       "no training dynamics: the model was not fine-tuned by this project"))
 store = review_marks.MarkStore.for_data(out.spec.train_data)
 try:
     marks = store.load()
@@ -66,7 +113,15 @@ else:
             f"({analysis.scores.train_probs[j, pred]:.0%})" + (f" · marked *{current['state']}*" if current else "")
         )
         st.html(text_html(train["text"].iloc[j]))
-        st.caption(" · ".join(f"{n}: {scores_by_name[n][j]:.4g} (rank {ranks[n][j]})" for n in names))
+        st.markdown(f"**Why suspected:** {reasons[j]}.")
+        bars = pd.DataFrame({"signal": [n.replace("_", " ") for n in percentiles.columns],
+                             "percentile": percentiles.iloc[j].to_numpy(),
+                             "value": [float(scores_by_name[n][j]) for n in percentiles.columns],
+                             "rank": [int(ranks[n][j]) for n in percentiles.columns]})
+        st.dataframe(bars, hide_index=True, key="mf_why", column_config={
+            "percentile": st.column_config.ProgressColumn("percentile (1 = most suspicious)", min_value=0.0,
+                                                          max_value=1.0, format="percent"),
+            "value": st.column_config.NumberColumn(format="%.4g")})
         b1, b2, b3, b4 = st.columns([1, 1, 2, 1])
         if b1.button("Mislabeled", key="mf_bad", type="primary", icon=":material/flag:"):
             store.set(row_id, "mislabeled")
@@ -95,9 +150,16 @@ for name in names:
     frame[f"{name} rank"] = ranks[name][listed]
     frame[name] = scores_by_name[name][listed]
 frame["mark"] = [marks.get(int(r), {}).get("state", "") for r in frame["row_id"]]
-frame = frame[["train", "row_id", "mark", *[f"{n} rank" for n in names], *names, "label", "predicted", "confidence", "text"]]
+frame["why"] = [reasons[int(j)] for j in listed]
+bar_columns = [f"{n} %" for n in percentiles.columns]
+for name in percentiles.columns:
+    frame[f"{name} %"] = percentiles[name].to_numpy()[listed]
+frame = frame[["train", "row_id", "mark", "why", *bar_columns, *[f"{n} rank" for n in names], *names, "label",
+               "predicted", "confidence", "text"]]
 common.table(frame, f"ranking_by_{rank_by.replace(' ', '_')}", key="mf_table",
-             column_config={n: st.column_config.NumberColumn(format="%.4g") for n in names})
+             column_config={**{n: st.column_config.NumberColumn(format="%.4g") for n in names},
+                            **{c: st.column_config.ProgressColumn(c.removesuffix(" %").replace("_", " "), min_value=0.0,
+                                                                  max_value=1.0, format="percent") for c in bar_columns}})
 
 # ---------------------------------------------------------------- ground truth
 st.subheader("How well does each ranking find known mislabels?")
@@ -158,6 +220,48 @@ e1.download_button("Download cleaned dataset (CSV)", cleaned.to_csv(index=False)
                    type="primary", icon=":material/download:")
 e2.download_button("Download flag list (CSV)", flags.to_csv(index=False).encode("utf-8"), file_name="flagged_reviews.csv",
                    mime="text/csv", key="mf_dl_flags", on_click="ignore", icon=":material/download:")
+st.caption(
+    "Also as Hugging Face `datasets` folders (`Dataset.save_to_disk`, zipped; unzip and `datasets.load_from_disk`) "
+    "and the review queue for Label Studio: a JSON list of tasks, each `data.text` (with `row_id`, `given_label`), "
+    "one prediction pre-selecting the given label (`from_name` label, `to_name` text, type choices; its `score` is "
+    "the combined suspicion) and `meta` (rank, every signal, why). Import it into a project whose labelling config "
+    "has `<Text name=\"text\" value=\"$text\"/>` and `<Choices name=\"label\" toName=\"text\">` with the model's labels."
+)
+
+
+def _datasets_zip(tables: dict[str, pd.DataFrame]) -> bytes:
+    """The tables as Hugging Face ``datasets`` folders (``save_to_disk``), zipped: one folder per table."""
+    from datasets import Dataset
+
+    buffer = io.BytesIO()
+    with tempfile.TemporaryDirectory() as folder, zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, table in tables.items():
+            Dataset.from_pandas(table.reset_index(drop=True), preserve_index=False).save_to_disk(f"{folder}/{name}")
+            for path in sorted(Path(folder, name).rglob("*")):
+                if path.is_file():
+                    archive.write(path, path.relative_to(folder))
+    return buffer.getvalue()
+
+
+flag_table = pd.DataFrame(flags)
+scored = train[["row_id", "text", "label"]].copy()
+for name in names:
+    scored[name] = scores_by_name[name]
+scored["why"] = reasons
+x1, x2, x3 = st.columns(3)
+if x1.button("Prepare Hugging Face datasets (zip)", key="mf_hf_prepare", icon=":material/folder_zip:"):
+    st.session_state["mf_hf_zip"] = _datasets_zip({"cleaned": cleaned, "flags": flag_table, "scores": scored})
+if "mf_hf_zip" in st.session_state:
+    x1.download_button("Download datasets folders (zip)", st.session_state["mf_hf_zip"],
+                       file_name="mislabel_datasets.zip", mime="application/zip", key="mf_dl_hf", on_click="ignore",
+                       icon=":material/download:")
+queue_tasks = views.label_studio_tasks(train, scores_by_name, analysis.label_names, order, reasons)
+x2.download_button("Download queue for Label Studio (JSON)", json.dumps(queue_tasks, indent=1).encode("utf-8"),
+                   file_name="mislabel_queue_label_studio.json", mime="application/json", key="mf_dl_ls",
+                   on_click="ignore", icon=":material/download:")
+x3.download_button("Download every signal (CSV)", scored.to_csv(index=False).encode("utf-8"),
+                   file_name="mislabel_signals.csv", mime="text/csv", key="mf_dl_signals", on_click="ignore",
+                   icon=":material/download:")
 if marks and e3.button("Clear all marks", key="mf_clear_all"):
     store.clear()
     st.rerun()

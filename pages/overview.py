@@ -9,6 +9,7 @@ import streamlit as st
 from explorer import cost, figures, search
 from explorer import ui as common
 from influence_core.cache import stable_hash
+from influence_core.errors import InfluenceError
 
 common.ensure_frame()
 st.title("Overview")
@@ -89,9 +90,13 @@ def show_result(label: int, proba: np.ndarray, scores_by_train: pd.Series, note:
     st.caption(note)
 
 
+result = None
 if sentence.strip() and index_info:
-    result = search.search_training(common.model_store(), out.spec, analysis, sentence, label=wanted,
-                                    damping=out.damping)
+    try:
+        result = search.search_training(common.model_store(), out.spec, analysis, sentence, label=wanted,
+                                        damping=out.damping)
+    except InfluenceError as err:  # e.g. an index from an older version: say so, then score the plain way
+        st.caption(f"The training-gradient index cannot be used ({err}); scoring the sentence directly instead.")
     if result is not None:
         exact = result.rows[result.rows["exact"] == 1]
         scores_by_train = exact.groupby("train")["influence"].first()
@@ -102,10 +107,10 @@ if sentence.strip() and index_info:
                     f"Answered in {result.seconds:.1f} s over all {analysis.scores.n_train} training reviews: the "
                     f"{index_info['kind']} index proposed {result.candidates} per direction and the engine re-scored "
                     f"them exactly (all analysed layers, damping {out.damping:g}). {agreement}.")
-elif sentence.strip():
+if sentence.strip() and result is None:
     estimate = cost.estimate_cost(out.spec, analysis.scores.n_train, 1)
-    st.caption(f"This analysis has no training-gradient index (it was computed before the index existed); scoring the "
-               f"sentence against {analysis.scores.n_train} training reviews takes {estimate.describe()}.")
+    st.caption(f"Scoring the sentence against {analysis.scores.n_train} training reviews without the index takes "
+               f"{estimate.describe()}.")
     key = f"try-{analysis.key}-{out.k}-{stable_hash([sentence, wanted])}"
     job = common.job_runner().get(key)
     if st.button("Predict and find the responsible training reviews", type="primary", key="try_go"):

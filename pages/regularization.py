@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import figures, views
+from explorer import figures, trust, views
 from explorer import ui as common
 
 common.ensure_frame()
@@ -33,6 +33,10 @@ table = stability(analysis.key, scores)
 suggestion = views.suggest_damping(table)
 value = suggestion.value
 with st.container(border=True):
+    lds_best = trust.lds_best_damping(out.spec)
+    if lds_best is not None:
+        st.markdown(f"**LDS-best damping: {lds_best:g}** ({scores.damping_mode}; the value whose influence best "
+                    "predicted retraining on the Trust page)")
     if value is not None:
         heading = "Suggested damping" if suggestion.settled else "Most stable computed damping"
         st.markdown(f"**{heading}: {value:g}** ({scores.damping_mode})")

@@ -19,7 +19,7 @@ LAYERS = [
     ("influence_core.engine",),
     ("influence_core.sources",),
     ("influence_core.training",),
-    ("influence_core.mislabel",),
+    ("influence_core.mislabel", "influence_core.lds"),
     ("influence_core.demo",),
     ("influence_core",),  # the package's public API re-exports what is below it
     ("influence_core.cli", "influence_core.__main__"),

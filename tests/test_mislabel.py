@@ -10,7 +10,7 @@ import pytest
 from influence_core import EngineConfig, InfluenceEngine, ScoreTable, cli
 from influence_core.errors import DataError
 from influence_core.mislabel import (
-    COMBINED_PARTS,
+    FALLBACK_PARTS,
     TrainingSignals,
     average_precision,
     combine,
@@ -141,11 +141,11 @@ def test_mislabel_scores_on_a_table():
     np.testing.assert_allclose(frame["loss"], table.train_losses())
     p_given = table.train_probs[np.arange(6), table.train_labels]
     np.testing.assert_allclose(frame["margin"], 1 - 2 * p_given)
-    expected = np.mean([percentile_ranks(frame[name].to_numpy()) for name in COMBINED_PARTS], axis=0)
+    expected = np.mean([percentile_ranks(frame[name].to_numpy()) for name in FALLBACK_PARTS], axis=0)
     np.testing.assert_allclose(frame["combined"], expected)
     assert sorted(frame["rank"]) == list(range(1, 7))
     assert frame.loc[frame["rank"] == 1, "combined"].item() == frame["combined"].max()
-    assert frame.attrs["probs"] == "in-sample" and frame.attrs["combined_parts"] == list(COMBINED_PARTS)
+    assert frame.attrs["probs"] == "in-sample" and frame.attrs["combined_parts"] == list(FALLBACK_PARTS)
 
     untrusted = mislabel_scores(table, trusted=False)
     assert "trusted_influence" not in untrusted.columns and "relative_harm" not in untrusted.columns
@@ -257,12 +257,17 @@ def test_cli_mislabels_writes_every_ranking(model_dir, tmp_path, capsys):
     probs = tmp_path / "probs.csv"
     pd.DataFrame({"negative": [0.5] * len(TEXTS), "positive": [0.5] * len(TEXTS)}).to_csv(probs, index=False)
     out2 = tmp_path / "ranked2.csv"
-    code, _, stderr = _run(["mislabels", "--model", model_dir, "--train", train, "--probs", probs, "--dtype",
-                            "float64", "--out", out2], capsys)
+    code, stdout2, stderr = _run(["mislabels", "--model", model_dir, "--train", train, "--probs", probs, "--dtype",
+                                  "float64", "--out", out2], capsys)
     assert code == 0, stderr
     again = pd.read_csv(out2)
-    np.testing.assert_allclose(again["loss"], np.log(2))
-    assert "trusted_influence" not in again.columns
+    np.testing.assert_allclose(again["oof_loss"], np.log(2))
+    np.testing.assert_allclose(again["loss"], ranked["loss"], rtol=1e-6)  # in-sample loss stays
+    assert {"oof_margin", "cleanlab"} <= set(again.columns)
+    # no --trusted: relative harm is against a proposed trusted slice of training rows, named in the output
+    # (here no row is predicted confidently out of fold, so the proposal is empty and says so)
+    assert again["proposed_trusted"].dtype == bool and not again["proposed_trusted"].any()
+    assert "proposed trusted slice" in stdout2 and "cleanlab estimates" in stdout2
 
 
 @pytest.mark.parametrize("case", ["bad_trusted_label", "bad_probs", "missing_train"])

@@ -2,7 +2,8 @@
 
 One module per command, each with ``add_parser(subparsers)`` and ``run(args)``: ``fit`` (factors to a
 safetensors file), ``scores`` (test x train influences to .npz), ``self-influence`` (training rows ranked by
-self-influence to CSV), ``finetune``, ``mislabels`` and ``clean-and-retrain``. Bad input prints one line on
+self-influence to CSV), ``finetune``, ``mislabels``, ``clean-and-retrain`` and ``lds`` (does influence predict
+retraining?). Bad input prints one line on
 stderr and exits with 2. The library never imports this package.
 """
 
@@ -11,12 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from influence_core.cli import clean_and_retrain, finetune, fit, index, mislabels, query, scores, self_influence
+from influence_core.cli import clean_and_retrain, finetune, fit, index, lds, mislabels, query, scores, self_influence
 from influence_core.engine.distributed import PeerFailure
 from influence_core.errors import InfluenceError
 
 #: The commands in the order ``--help`` lists them.
-COMMANDS = (fit, scores, self_influence, finetune, mislabels, clean_and_retrain, index, query)
+COMMANDS = (fit, scores, self_influence, finetune, mislabels, clean_and_retrain, index, query, lds)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -7,6 +7,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from influence_core.cli.distributed import add_options, context, progress_bar
 from influence_core.cli.inputs import (
     add_engine_options,
     add_factor_source,
@@ -41,6 +42,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--index-dtype", default=IndexConfig.dtype, choices=["float16", "float32", "float64"],
                         help=f"storage of the index rows (default {IndexConfig.dtype})")
     parser.add_argument("--out", required=True, help="index folder to write (rows.npy, index.json, factors)")
+    add_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -65,12 +67,21 @@ def run(args: argparse.Namespace) -> int:
     info = {"model": model_name(args.model), "train_file": str(Path(args.train).resolve()),
             "text_col": args.text_col, "label_col": args.label_col, "engine": dataclasses.asdict(engine.config)}
     start = time.perf_counter()
+    distributed = context(args)
     same_data = not args.factors and (not args.fit or Path(args.fit).resolve() == Path(args.train).resolve())
-    if same_data and engine.config.method != "identity":
+    if distributed.active:  # torchrun: factors from the sharded fit, then each rank indexes one block of rows
+        prepare_factors(engine, args, loaded, args.train)
+        index = distributed.build_index(engine, texts, labels, config=config, progress=progress_bar(args, "index"),
+                                        info=info)
+        if not distributed.is_main:
+            return 0
+    elif same_data and engine.config.method != "identity":
         _, index = fit_and_index(engine, texts, labels, config=config, progress=Bar("index"), info=info)
+        index.meta["world_size"] = 1
     else:
         prepare_factors(engine, args, loaded, args.train)
         index = GradientIndex.build(engine, texts, labels, config=config, progress=Bar("index"), info=info)
+        index.meta["world_size"] = 1
     index.save(out)
     print(f"saved a {index.meta['kind']} index of {len(texts)} training examples over {len(engine.layers)} layers "
           f"({index.bytes_per_example} bytes each) to {out} ({time.perf_counter() - start:.1f} s)")

@@ -123,10 +123,13 @@ def cross_fit(model: str | os.PathLike, texts: Sequence[str], labels: Sequence[i
     probs = np.zeros((len(texts), n_classes))
     max_length = int(recipe.hyperparameters["max_length"])
     ticks = 1000
+    done_ticks = [0]
 
     def report(fold: int, fraction: float, stage: str) -> None:
+        # never step back: stages without steps (tokenize, save) report the fold's progress so far
+        done_ticks[0] = max(done_ticks[0], int(ticks * (fold + min(max(fraction, 0.0), 1.0))))
         if progress is not None:
-            progress(int(ticks * (fold + min(max(fraction, 0.0), 1.0))), ticks * k, stage)
+            progress(done_ticks[0], ticks * k, stage)
 
     folders: list[Path] = []
     for fold in range(int(k)):

@@ -105,7 +105,7 @@ def test_sidebar_choice_is_written_to_the_url(page, app_server):
 
 def test_flip_labels(page, app_server):
     open_page(page, app_server, "label_flip", QUERY)
-    page.get_by_text("Pairs that change sign").wait_for()
+    page.get_by_text("Explanations that change").wait_for()
     page.get_by_text("all", exact=True).click()
     wait_idle(page)
     metric = page.locator('[data-testid="stMetric"]').filter(has_text="Flipped training reviews")
@@ -141,7 +141,7 @@ def test_tour_report_downloads(page, app_server):
     for _ in range(4):
         page.get_by_role("button", name="Next →").click()
         wait_idle(page)
-    page.get_by_text("Fixing the label turns harm into help").wait_for()
+    page.get_by_text("Fixing the label changes which predictions it helps").wait_for()
     wait_idle(page)
     with page.expect_download(timeout=180_000) as download_info:  # the report is built on click
         page.get_by_role("button", name="Download the HTML report").click()
