@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     same_data = not args.factors and (not args.fit or Path(args.fit).resolve() == Path(args.train).resolve())
     if distributed.active:  # torchrun: factors from the sharded fit, then each rank indexes one block of rows
         prepare_factors(engine, args, loaded, args.train)
-        index = distributed.build_index(engine, texts, labels, config=config, progress=progress_bar(args, "index"),
-                                        info=info)
+        index = GradientIndex.build_sharded(engine, texts, labels, distributed, config=config,
+                                            progress=progress_bar(args, "index"), info=info)
         if not distributed.is_main:
             return 0
     elif same_data and engine.config.method != "identity":

@@ -417,28 +417,6 @@ class Distributed:
         self.log(f"self-influence of {len(index)} of {n} examples")
         return self.gather_columns(arrays, index, n)["values"]
 
-    def build_index(self, engine, train_texts, train_labels, *, config=None, progress=None, info=None):
-        """:meth:`GradientIndex.build` with the training rows split into contiguous blocks, one per rank; every rank
-        returns the whole index (rows in the original order), with ``meta["world_size"]`` recorded.
-
-        The engine's factors must be the same on every rank (loaded, or fitted with :meth:`fit`): the rows depend
-        only on them and on the projection seed, so the result is that of one process up to round-off.
-        """
-        from influence_core.engine.index import GradientIndex
-
-        n = len(train_texts)
-        if n < self.world_size:
-            raise DataError(f"{n} examples cannot be split across {self.world_size} processes; use fewer processes")
-        bounds = np.linspace(0, n, self.world_size + 1).round().astype(np.int64)
-        start, stop = int(bounds[self.rank]), int(bounds[self.rank + 1])
-        with self.guard("index"):
-            part = GradientIndex.build(engine, train_texts, train_labels, config=config, start=start, stop=stop,
-                                       progress=progress, info=info)
-        self.log(f"index rows of {stop - start} of {n} examples")
-        merged = self.gather_rows({"rows": np.asarray(part.rows), "scales": part.scales}, np.arange(start, stop), n)
-        meta = {**part.meta, "rows": [0, n], "world_size": self.world_size}
-        return GradientIndex(merged["rows"], meta, engine, train_texts, train_labels, merged["scales"])
-
 
 # ----------------------------------------------------------------- launching workers from Python
 def launch(fn: Callable, nprocs: int, *args, sharding: str = "contiguous", shard_dir: str | Path | None = None,

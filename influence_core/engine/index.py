@@ -289,6 +289,31 @@ class GradientIndex:
         return builder.finish()
 
     @classmethod
+    def build_sharded(cls, engine: InfluenceEngine, train_texts: Sequence[str], train_labels, distributed, *,
+                      config: IndexConfig | None = None, progress: Progress | None = None,
+                      info: dict | None = None) -> GradientIndex:
+        """:meth:`build` with the training rows split into contiguous blocks, one per rank of ``distributed`` (an
+        :class:`influence_core.engine.distributed.Distributed`); every rank returns the whole index, rows in the
+        original order, with ``meta["world_size"]`` recorded.
+
+        The engine's factors must be the same on every rank (loaded, or fitted with ``distributed=``): the rows
+        depend only on them and on the projection seed, so the result is that of one process up to round-off.
+        """
+        n = len(train_texts)
+        if n < distributed.world_size:
+            raise DataError(f"{n} examples cannot be split across {distributed.world_size} processes; use fewer")
+        bounds = np.linspace(0, n, distributed.world_size + 1).round().astype(np.int64)
+        start, stop = int(bounds[distributed.rank]), int(bounds[distributed.rank + 1])
+        with distributed.guard("index"):
+            part = cls.build(engine, train_texts, train_labels, config=config, start=start, stop=stop,
+                             progress=progress, info=info)
+        distributed.log(f"index rows of {stop - start} of {n} examples")
+        merged = distributed.gather_rows({"rows": np.asarray(part.rows), "scales": part.scales},
+                                         np.arange(start, stop), n)
+        meta = {**part.meta, "rows": [0, n], "world_size": distributed.world_size}
+        return cls(merged["rows"], meta, engine, train_texts, train_labels, merged["scales"])
+
+    @classmethod
     def concatenate(cls, parts: Sequence[GradientIndex]) -> GradientIndex:
         """Join shards built with the same settings into one index (in the order of their rows)."""
         if not parts:

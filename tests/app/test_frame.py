@@ -259,18 +259,47 @@ def test_empty_slice_explains_itself(app_env):
 
 
 def test_try_a_sentence_names_the_responsible_reviews(computed):
+    """From the index: no button, no job; the answer is on the page at once."""
     at = computed
     at.text_area(key="sentence").set_value("A <b>bold</b> and lovely film.").run()
-    at.button(key="try_go").click().run()
-    from explorer import ui as common
-
-    for job in [j for j in common.job_runner().running() if j.key.startswith("try-")]:
-        job.wait(60)
-    at.run()
-    at.run()
     no_exceptions(at)
+    assert not any(b.key == "try_go" for b in at.button)
     assert any(m.value.startswith("**Prediction:") for m in at.markdown)
     assert any("effect" in d.value.columns for d in at.dataframe)
+
+
+def test_try_a_sentence_without_an_index_scores_in_the_background(computed):
+    """An analysis cached before the index existed: the sentence is scored by a job over every training review,
+    with the same numbers as the engine."""
+    import shutil
+
+    import numpy as np
+
+    from explorer import ui as common
+    from explorer.spec import index_dir
+
+    at = computed
+    frame = at.session_state["_frame"]
+    saved = index_dir(frame.spec).with_name("index-kept-aside")
+    shutil.move(str(index_dir(frame.spec)), saved)
+    try:
+        common.model_store()._indexes.clear()
+        at.text_area(key="sentence").set_value("An oddly moving film.").run()
+        at.button(key="try_go").click().run()
+        for job in [j for j in common.job_runner().running() if j.key.startswith("try-")]:
+            job.wait(60)
+        at.run()
+        at.run()
+        no_exceptions(at)
+        table = next(d.value for d in at.dataframe if "effect" in d.value.columns)
+        engine = common.model_store().engine(frame.spec)
+        label = int(np.argmax(engine.predict_proba(["An oddly moving film."])[0]))
+        exact = engine.score(["An oddly moving film."], [label], frame.analysis.train["text"].tolist(),
+                             frame.analysis.train["label"].to_numpy(), dampings=[frame.damping],
+                             self_influence=False).total(0)[0]
+        np.testing.assert_allclose(table["influence"].to_numpy(), exact[table["train"].to_numpy()], rtol=1e-6)
+    finally:
+        shutil.move(str(saved), index_dir(frame.spec))
 
 
 def test_a_running_job_can_be_cancelled(app_env, monkeypatch):
