@@ -117,44 +117,89 @@ def test_dynamics_signals_pool_runs_and_count_forgetting():
     assert np.isnan(stats["aum"][3])
 
 
-def _memorisable_task(n=72, flips=(3, 10, 17, 28, 35, 44)):
-    """Reviews whose sentiment words give the label away; the flipped ones also carry a word of their own, so a model
-    can memorise them (in-sample) while one that never saw them follows the sentiment words (out of fold)."""
+FILLERS = ["quite", "really", "very", "truly", "rather", "so"]
+FLIPS = (3, 10, 17, 28, 35, 44)
+FOLDS = 4
+
+
+def _rare(i: int, slot: int) -> str:
+    """A word of row ``i``'s own (one per filler slot): made-up, so no other row has it."""
+    letters = "bcdfghjklmnpqrstvwxz"
+    return f"q{letters[i % 20]}o{letters[(i // 20) % 20]}u{letters[slot]}"
+
+
+def _memorisable_task(n=72, flips=FLIPS):
+    """Reviews whose two sentiment words give the label away, each sentiment word after a filler (quite, very, ...).
+
+    A flipped review (label against its words) has a made-up word of its own in both filler slots, so a model that
+    trains on it can memorise it through those words (in sample its loss is as low as a clean row's), while a model
+    that never saw them follows the sentiment words (out of fold its loss is high). Every third clean review also
+    has a made-up word in one slot, so "an unknown word means the label is flipped" is no rule a fold could learn.
+    """
     rng = np.random.default_rng(0)
-    unique = ["zebra", "quartz", "violin", "harbor", "lantern", "meadow", "glacier", "pepper"]
     rows = []
     for i in range(n):
         label = i % 2
         words = POSITIVE_WORDS if label else NEGATIVE_WORDS
-        text = f"{SUBJECTS[i % len(SUBJECTS)]} was {words[rng.integers(len(words))]} and {words[rng.integers(len(words))]}"
         flipped = i in flips
+        first, second = (FILLERS[rng.integers(len(FILLERS))] for _ in range(2))
         if flipped:
-            text += f" {unique[flips.index(i)]}"
-        rows.append({"text": text + ".", "label": 1 - label if flipped else label, "flipped": flipped})
+            first, second = _rare(i, 0), _rare(i, 1)
+        elif i % 3 == 0:
+            first = _rare(i, 0)
+        text = (f"{SUBJECTS[i % len(SUBJECTS)]} was {first} {words[rng.integers(len(words))]} and {second} "
+                f"{words[rng.integers(len(words))]}.")
+        rows.append({"text": text, "label": 1 - label if flipped else label, "flipped": flipped})
     return pd.DataFrame(rows)
 
 
+def _word_level_encoder(folder, texts):
+    """A bare one-layer BERT (hidden 32, no dropout) with a whole-word vocabulary of ``texts``: tiny and fast, and
+    every word has an embedding of its own (MiniLM's word pieces would share pieces between the made-up words)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = sorted({w for t in texts for w in t.replace(".", " . ").split()})
+    folder.mkdir(parents=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def memorised(tmp_path_factory, tiny_encoder_dir):  # noqa: F811
+def memorised(tmp_path_factory):
     import os
+
+    import torch
 
     cache = tmp_path_factory.mktemp("cache")
     old = os.environ.get("INFLUENCE_EXPLORER_CACHE")
     os.environ["INFLUENCE_EXPLORER_CACHE"] = str(cache)
+    # tiny models: one thread is ~100x faster than two fighting over a loaded CPU, and bit-for-bit repeatable
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         table = _memorisable_task()
-        recipe = {"epochs": 12, "lr": 5e-3, "batch_size": 8, "max_length": 32, "seed": 0}
-        model = finetune(tiny_encoder_dir, table["text"].tolist(), table["label"].tolist(), label_names=NAMES,
+        base = _word_level_encoder(cache / "base", table["text"].tolist())
+        recipe = {"epochs": 40, "lr": 3e-3, "batch_size": 8, "max_length": 32, "seed": 0}
+        model = finetune(base, table["text"].tolist(), table["label"].tolist(), label_names=NAMES,
                          out_dir=cache / "model", **recipe)
         calls = []
-        fit = cross_fit(model.out_dir, table["text"].tolist(), table["label"].tolist(), k=3,
+        fit = cross_fit(model.out_dir, table["text"].tolist(), table["label"].tolist(), k=FOLDS,
                         progress=lambda *a: calls.append(a))
         loaded_probs = _probs(model.out_dir, table["text"].tolist())
         stages = []
-        again = cross_fit(model.out_dir, table["text"].tolist(), table["label"].tolist(), k=3,
+        again = cross_fit(model.out_dir, table["text"].tolist(), table["label"].tolist(), k=FOLDS,
                           progress=lambda done, total, stage: stages.append(stage))
         yield table, model, fit, loaded_probs, calls, (again, stages)
     finally:
+        torch.set_num_threads(threads)
         if old is None:
             os.environ.pop("INFLUENCE_EXPLORER_CACHE", None)
         else:
@@ -170,9 +215,9 @@ def _probs(folder, texts):
 
 def test_cross_fit_holds_every_row_out_once_and_scores_it_with_the_model_that_did_not_see_it(memorised):
     table, model, fit, _, calls, _ = memorised
-    assert fit.k == 3 and fit.probs.shape == (len(table), 2)
+    assert fit.k == FOLDS and fit.probs.shape == (len(table), 2)
     np.testing.assert_allclose(fit.probs.sum(axis=1), 1.0)
-    assert sorted(np.bincount(fit.folds).tolist()) == [24, 24, 24]
+    assert sorted(np.bincount(fit.folds).tolist()) == [18] * FOLDS
     for fold, folder in enumerate(fit.model_dirs):
         held = np.flatnonzero(fit.folds == fold)
         record = load_dynamics(folder)
@@ -184,12 +229,12 @@ def test_cross_fit_holds_every_row_out_once_and_scores_it_with_the_model_that_di
     assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))  # progress never steps back
     # the folds' dynamics map back onto the table's rows
     runs = fit.fold_dynamics()
-    assert len(runs) == 3 and sorted(np.concatenate([rows for rows, _ in runs]).tolist()) == sorted(
-        [i for i in range(len(table)) for _ in range(2)])
+    assert len(runs) == FOLDS and sorted(np.concatenate([rows for rows, _ in runs]).tolist()) == sorted(
+        [i for i in range(len(table)) for _ in range(FOLDS - 1)])
     # asking again costs only the predictions: the fine-tunes are cached
     again, stages = memorised[5]
     np.testing.assert_allclose(again.probs, fit.probs)
-    assert sum("(cached)" in stage for stage in stages) == 3
+    assert sum("(cached)" in stage for stage in stages) == FOLDS
 
 
 def test_out_of_fold_loss_finds_memorised_flips_that_in_sample_loss_misses(memorised):
@@ -198,19 +243,18 @@ def test_out_of_fold_loss_finds_memorised_flips_that_in_sample_loss_misses(memor
     labels = table["label"].to_numpy()
     in_loss = mislabel.label_losses(in_sample, labels)
     oof_loss = mislabel.label_losses(fit.probs, labels)
-    # the flips are memorised: the model under study agrees with their wrong labels
+    # the flips are memorised: the model under study agrees with their wrong labels and fits them (loss below log 2)
     assert (in_sample.argmax(1)[truth] == labels[truth]).mean() >= 0.8
-    print("ROC-AUC oof", mislabel.roc_auc(oof_loss, truth), "in-sample", mislabel.roc_auc(in_loss, truth),
-          "in p", in_sample[truth, labels[truth]], "oof p", fit.probs[truth, labels[truth]])
-    # in sample the flips look fitted (loss below log 2); out of fold the model disagrees with them
     assert (in_loss[truth] < np.log(2)).mean() >= 0.8
+    # out of fold the model disagrees with them: their loss ranks them above the clean rows, in sample it does not
     assert (oof_loss[truth] > np.log(2)).mean() >= 0.8
-    assert mislabel.roc_auc(oof_loss, truth) >= 0.9
-    assert mislabel.precision_at_k(oof_loss, truth, int(truth.sum())) >= mislabel.precision_at_k(in_loss, truth, int(truth.sum()))
+    oof_auc, in_auc = mislabel.roc_auc(oof_loss, truth), mislabel.roc_auc(in_loss, truth)
+    assert oof_auc >= 0.9 and oof_auc > in_auc, (oof_auc, in_auc)
+    n_flips = int(truth.sum())
+    assert mislabel.precision_at_k(oof_loss, truth, n_flips) > mislabel.precision_at_k(in_loss, truth, n_flips)
     # AUM from the recorded dynamics (model under study and the folds)
     runs = [(np.arange(len(table)), load_dynamics(model.out_dir)), *fit.fold_dynamics()]
     stats = mislabel.dynamics_signals(runs, len(table))
-    print("ROC-AUC aum", mislabel.roc_auc(-stats["aum"].to_numpy(), truth))
     assert mislabel.roc_auc(-stats["aum"].to_numpy(), truth) >= 0.7
     proposed = mislabel.propose_trusted_slice(labels, in_sample, fit.probs, stats["variability"].to_numpy())
     assert proposed.sum() >= 0.15 * len(table) and not (proposed & truth).any()

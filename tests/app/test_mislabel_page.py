@@ -1,0 +1,117 @@
+"""The Mislabel finder on the tiny model: why a review is suspected, the signal columns, cross-fitting from the page
+and the Label Studio export."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from explorer import views
+from explorer.marks import MarkStore
+from influence_core.mislabel import signal_percentiles, suspicion_reasons
+from tests.app.conftest import no_exceptions
+
+
+def _markdown(at) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def _page(computed):
+    at = computed
+    at.switch_page("pages/mislabel.py").run()
+    no_exceptions(at)
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def _expected(at, out_of_fold=None, cross_fit=None):
+    """The page's numbers recomputed from explorer.views and influence_core.mislabel: rankings, percentiles, queue."""
+    out = at.session_state["_frame"]
+    analysis = out.analysis
+    dynamics = views.training_dynamics(out.spec, analysis, cross_fit)
+    scores = views.rankings(analysis, out.k, out.layers, out_of_fold=out_of_fold, dynamics=dynamics)
+    percentiles = signal_percentiles({n: v for n, v in scores.items() if n != "combined"})
+    marks = MarkStore.for_data(out.spec.train_data).load()
+    order = np.argsort(-np.nan_to_num(scores["combined"], nan=-np.inf), kind="stable")
+    row_ids = analysis.train["row_id"].to_numpy()
+    queue = [int(j) for j in order if int(row_ids[j]) not in marks]  # "Hide reviewed" is on by default
+    return analysis, scores, percentiles, queue
+
+
+def test_first_review_shows_why_it_is_suspected_with_the_percentiles_of_the_core(computed):
+    at = _page(computed)
+    analysis, scores, percentiles, queue = _expected(at)
+    first = queue[0]
+    assert f"· training review #{first} (row " in _markdown(at)
+    reason = suspicion_reasons(percentiles.iloc[first].to_dict())
+    assert f"**Why suspected:** {reason}." in _markdown(at)
+    why = at.dataframe(key="mf_why").value
+    assert why["signal"].tolist() == [n.replace("_", " ") for n in percentiles.columns]
+    np.testing.assert_allclose(why["percentile"].to_numpy(dtype=float), percentiles.iloc[first].to_numpy(dtype=float))
+    np.testing.assert_allclose(why["value"].to_numpy(dtype=float),
+                               [scores[n][first] for n in percentiles.columns])
+    # every signal is a column of the side-by-side table: its score, rank and percentile
+    table = at.dataframe(key="mf_table").value
+    for name in scores:
+        assert {name, f"{name} rank"} <= set(table.columns), name
+    for name in percentiles.columns:
+        assert f"{name} %" in table.columns
+    assert "why" in table.columns
+    # without cross-fitting there are no out-of-fold signals yet, and the page says what they would cost
+    assert "oof_loss" not in scores
+    assert any(c.value.startswith("Cost: ") for c in at.caption)
+
+
+@pytest.mark.slow
+def test_cross_fit_from_the_page_adds_the_out_of_fold_signals(computed):
+    at = _page(computed)
+    at.number_input(key="mf_folds").set_value(2).run()  # two fine-tunes: the quickest cross-fit
+    no_exceptions(at)
+    at.button(key="mf_crossfit").click().run()
+    no_exceptions(at)
+    deadline = time.monotonic() + 300
+    while not any("Out-of-fold probabilities from 2 fine-tunes" in s.value for s in at.success):
+        assert not at.error, [e.value for e in at.error]
+        assert time.monotonic() < deadline, "the cross-fit job did not finish in 300 s"
+        time.sleep(1)
+        at.run()
+        no_exceptions(at)
+    from explorer.ui import job_runner
+
+    out = at.session_state["_frame"]
+    job = job_runner().get(f"crossfit-{out.analysis.key}-2")
+    assert job is not None and job.status == "done"
+    fit = job.result
+    assert fit.k == 2 and fit.probs.shape == (out.analysis.scores.n_train, len(out.analysis.label_names))
+    table = at.dataframe(key="mf_table").value
+    for name in ("oof_loss", "oof_margin", "cleanlab"):
+        assert {name, f"{name} rank", f"{name} %"} <= set(table.columns), name
+    _, scores, _, _ = _expected(at, out_of_fold=fit.probs, cross_fit=fit)
+    listed = table["train"].to_numpy(dtype=int)
+    np.testing.assert_allclose(table["oof_loss"].to_numpy(dtype=float), scores["oof_loss"][listed])
+    estimated = scores.estimated_wrong_labels
+    assert any(m.label == "Estimated wrong labels (cleanlab)" and m.value == f"{estimated} of {len(listed)}"
+               for m in at.metric) or estimated is None
+
+
+def test_label_studio_export_has_one_task_per_training_review_with_its_text_and_given_label(computed):
+    at = _page(computed)
+    analysis, scores, percentiles, _ = _expected(at)
+    train = analysis.train
+    order = np.argsort(-np.nan_to_num(scores["combined"], nan=-np.inf), kind="stable")
+    reasons = [suspicion_reasons(row) for row in percentiles.to_dict("records")]
+    tasks = views.label_studio_tasks(train, scores, analysis.label_names, order, reasons)
+    assert len(tasks) == len(train)
+    assert sorted(t["data"]["row_id"] for t in tasks) == sorted(train["row_id"].astype(int).tolist())
+    for rank, (task, j) in enumerate(zip(tasks, order), start=1):
+        given = analysis.label_names[int(train["label"].iloc[j])]
+        assert task["data"]["text"] == train["text"].iloc[j]
+        assert task["data"]["given_label"] == given
+        (prediction,) = task["predictions"]
+        assert prediction["result"][0]["value"]["choices"] == [given]
+        assert prediction["score"] == pytest.approx(scores["combined"][j])
+        assert task["meta"]["rank"] == rank and task["meta"]["why"] == reasons[j]
+    # the page offers exactly this file
+    assert any(b.label == "Download queue for Label Studio (JSON)" for b in at.get("download_button"))
