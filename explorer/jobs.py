@@ -78,6 +78,22 @@ class Progress:
             raise JobCancelled(f"{self._job.name or 'job'} cancelled")
 
 
+def cancel_check(progress) -> Callable[[], bool]:
+    """``cancel()`` for library code that polls (fine-tunes, retrains): True once the job behind ``progress`` was
+    cancelled. Only :class:`JobCancelled` means cancelled; any other failure of the check propagates."""
+    check = getattr(progress, "check", None)
+
+    def cancelled() -> bool:
+        try:
+            if check is not None:
+                check()
+        except JobCancelled:
+            return True
+        return False
+
+    return cancelled
+
+
 @dataclass(eq=False)
 class Job:
     """One background computation. Read its fields from any thread; only the worker writes them.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from explorer.analysis import Analysis
+from explorer.jobs import cancel_check
 from explorer.spec import AnalysisSpec, Progress, scoring_config, study_model
 from influence_core.errors import DataError
 from influence_core.sources.models import ModelSource
@@ -47,7 +47,7 @@ def retrain_cleaned(spec: AnalysisSpec, analysis: Analysis, cleaned: pd.DataFram
     test = analysis.test[["text", "label"]]
     result = retrain(study_model(spec), cleaned[["text", "label"]], test, label_names=analysis.label_names,
                      original_train_df=analysis.train[["text", "label"]], before="retrain",
-                     progress=progress.span(0.0, 0.7), cancel=_cancel_check(progress))
+                     progress=progress.span(0.0, 0.7), cancel=cancel_check(progress))
     loaded = load_classifier(ModelSource("local", str(result.model_dir)))
     engine = InfluenceEngine(loaded.model, loaded.tokenizer, scoring_config(spec, damping))
     texts, labels = cleaned["text"].tolist(), cleaned["label"].to_numpy()
@@ -72,22 +72,5 @@ def counterfactual(spec: AnalysisSpec, analysis: Analysis, test_index: int, infl
     return counterfactual_check(
         study_model(spec), train, analysis.test["text"].iloc[test_index], int(analysis.test["label"].iloc[test_index]),
         influence, k=k, n_random=draws, label_names=analysis.label_names, progress=progress,
-        cancel=_cancel_check(progress),
+        cancel=cancel_check(progress),
     )
-
-
-def _cancel_check(progress: Progress) -> Callable[[], bool]:
-    """``cancel()`` for :mod:`influence_core.training.retrain`: True once the job behind ``progress`` was cancelled."""
-    from explorer.jobs import JobCancelled
-
-    check = getattr(progress, "check", None)
-
-    def cancelled() -> bool:
-        try:
-            if check is not None:
-                check()
-        except JobCancelled:
-            return True
-        return False
-
-    return cancelled

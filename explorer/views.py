@@ -355,23 +355,13 @@ def training_dynamics(spec: AnalysisSpec, analysis: Analysis, cross_fit=None) ->
 def cross_fit_analysis(spec: AnalysisSpec, analysis: Analysis, k: int, progress: Progress):
     """Cross-fit the model's recipe on the analysed training reviews (``k`` folds; see
     :func:`influence_core.training.crossfit.cross_fit`), as a background job's function. Returns the CrossFit."""
-    from explorer.jobs import JobCancelled
+    from explorer.jobs import cancel_check
     from explorer.spec import study_model
     from influence_core.training.crossfit import cross_fit
 
-    check = getattr(progress, "check", None)
-
-    def cancelled() -> bool:
-        try:
-            if check is not None:
-                check()
-        except JobCancelled:
-            return True
-        return False
-
     train = analysis.train
     return cross_fit(study_model(spec), train["text"].tolist(), train["label"].to_numpy(), k=int(k),
-                     label_names=analysis.label_names, progress=progress, cancel=cancelled)
+                     label_names=analysis.label_names, progress=progress, cancel=cancel_check(progress))
 
 
 def label_studio_tasks(train: pd.DataFrame, scores: dict[str, np.ndarray], label_names: Sequence[str],

@@ -109,3 +109,17 @@ def texts():
 @pytest.fixture
 def labels():
     return list(LABELS)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny BERT classifier (labels negative, positive) with the MiniLM tokenizer, saved as a model folder."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model = tiny_bert()
+    model.config.id2label = {0: "negative", 1: "positive"}
+    model.config.label2id = {"negative": 0, "positive": 1}
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
+    return folder

@@ -211,17 +211,6 @@ def test_training_signals_equal_summed_pairwise_scores(engine):
 
 
 # ------------------------------------------------------------------------------------------ CLI
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-model")
-    model = tiny_bert()
-    model.config.id2label = {0: "negative", 1: "positive"}
-    model.config.label2id = {"negative": 0, "positive": 1}
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
-    return folder
 
 
 def _run(argv, capsys):

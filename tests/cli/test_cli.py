@@ -12,20 +12,7 @@ import pytest
 from torch import nn
 
 from influence_core import cli
-from tests.conftest import LABELS, TEXTS, minilm_path, tiny_bert
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-model")
-    model = tiny_bert()
-    model.config.id2label = {0: "negative", 1: "positive"}
-    model.config.label2id = {"negative": 0, "positive": 1}
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
-    return folder
+from tests.conftest import LABELS, TEXTS, minilm_path
 
 
 @pytest.fixture

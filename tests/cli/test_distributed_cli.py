@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from influence_core import Factors, cli
-from tests.conftest import minilm_path, tiny_bert
 from tests.engine.test_distributed import LABELS, TEXTS
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -28,17 +27,6 @@ TIMEOUT_S = 240
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-model")
-    model = tiny_bert()
-    model.config.id2label = {0: "negative", 1: "positive"}
-    model.config.label2id = {"negative": 0, "positive": 1}
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

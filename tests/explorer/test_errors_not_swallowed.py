@@ -9,7 +9,7 @@ import pytest
 from explorer import views
 from explorer.analysis import Analysis, compute_analysis
 from explorer.jobs import JobCancelled
-from explorer.retraining import _cancel_check
+from explorer.jobs import cancel_check
 from explorer.spec import AnalysisSpec, damping_grid
 from influence_core import mislabel
 from influence_core.engine.config import EngineConfig
@@ -128,7 +128,7 @@ def test_analysis_cancel_check_lets_other_failures_through():
 
 
 def test_retrain_cancel_check_is_true_only_for_a_cancelled_job():
-    assert _cancel_check(_Check(None))() is False
-    assert _cancel_check(_Check(JobCancelled("stop")))() is True
+    assert cancel_check(_Check(None))() is False
+    assert cancel_check(_Check(JobCancelled("stop")))() is True
     with pytest.raises(RuntimeError):
-        _cancel_check(_Check(RuntimeError("broken")))()
+        cancel_check(_Check(RuntimeError("broken")))()
