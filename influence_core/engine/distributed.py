@@ -40,6 +40,7 @@ import datetime
 import hashlib
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -62,6 +63,9 @@ DEFAULT_TIMEOUT_S = 1800.0
 #: ``INFLUENCE_CORE_FAIL_STAGE``), to check that a failing rank stops the run cleanly.
 FAIL_RANK_ENV = "INFLUENCE_CORE_FAIL_RANK"
 FAIL_STAGE_ENV = "INFLUENCE_CORE_FAIL_STAGE"
+#: Test hook: the rank named here kills itself (SIGKILL) at its first guarded stage, as a crashed or OOM-killed
+#: worker would, to check that the others are torn down and the run ends cleanly.
+KILL_RANK_ENV = "INFLUENCE_CORE_KILL_RANK"
 SHARDINGS = ("contiguous", "strided")
 Arrays = dict[str, np.ndarray | None]
 
@@ -196,6 +200,8 @@ class Distributed:
             return
         error: BaseException | None = None
         try:
+            if os.environ.get(KILL_RANK_ENV) == str(self.rank):
+                os.kill(os.getpid(), signal.SIGKILL)
             failing = os.environ.get(FAIL_RANK_ENV)
             if failing is not None and int(failing) == self.rank and os.environ.get(FAIL_STAGE_ENV, stage) == stage:
                 raise DataError(f"rank {self.rank} of {self.world_size}: injected failure in {stage} ({FAIL_RANK_ENV})")

@@ -146,6 +146,19 @@ def test_a_failing_rank_stops_every_rank(model_dir, files, tmp_path):
     assert not (tmp_path / "f.safetensors").exists()
 
 
+def test_a_killed_rank_ends_the_run_cleanly(model_dir, files, tmp_path):
+    """A rank killed outright (SIGKILL, as by the OOM killer) cannot report; torchrun tears the other one down, and
+    the launcher says which rank stopped, with exit code 2, well within the timeout (no hang)."""
+    train, _ = files
+    argv = ["fit", "--model", model_dir, "--data", train, "--out", tmp_path / "f.safetensors"]
+    start = time.monotonic()
+    run = torchrun(argv, launcher=[sys.executable, "-m", "influence_core.cli.launch"], INFLUENCE_CORE_KILL_RANK="1")
+    assert time.monotonic() - start < 120
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == "error: rank 1 stopped with exit code -9"
+    assert not (tmp_path / "f.safetensors").exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_nccl_matches_one_process(model_dir, files, tmp_path, capsys):

@@ -8,8 +8,7 @@ import pytest
 
 from explorer import views
 from explorer.analysis import Analysis, compute_analysis
-from explorer.jobs import JobCancelled
-from explorer.jobs import cancel_check
+from explorer.jobs import JobCancelled, cancel_check
 from explorer.spec import AnalysisSpec, damping_grid
 from influence_core import mislabel
 from influence_core.engine.config import EngineConfig
