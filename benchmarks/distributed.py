@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-test", type=int, default=8, help="--tiny: test sentences")
     parser.add_argument("--out", help="write the report here (JSON)")
     args = parser.parse_args(argv)
-    source = {"tiny": args.tiny, "workload": args.workload, "n_train": args.n_train, "n_test": args.n_test}
+    source = {"tiny": args.tiny, "workload": args.workload}
+    if args.tiny:
+        source.update(n_train=args.n_train, n_test=args.n_test)
     report = {"source": source}
     results = {}
     for name, nprocs, threads in (("1 process x 2 threads", 1, 2), ("2 processes x 1 thread", 2, 1)):
