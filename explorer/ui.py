@@ -302,6 +302,9 @@ def _guess(columns: list[str], preferred: tuple[str, ...]) -> int:
 def _summary(out: Frame) -> None:
     spec = out.spec
     job = job_runner().get(spec.key())
+    if (out.analysis is None and job is None and starts_by_itself(spec)
+            and not st.session_state.get(f"_declined_{spec.key()}")):
+        job = start_analysis(out)  # the built-in demo needs no decision: its work starts on the first visit
     if out.analysis is not None:
         status = "scored ✓"
     elif job is not None and job.running:

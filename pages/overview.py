@@ -62,7 +62,7 @@ c1, c2 = st.columns([4, 1])
 sentence = c1.text_area(
     "Your review", "A warm, funny film with a wonderful cast.", max_chars=2000, key="sentence", height=80,
 )
-label_options = ["(the model's prediction)", *analysis.label_names]
+label_options = ["(predicted)", *analysis.label_names]
 asked = c2.selectbox("For the label", label_options, key="sentence_label",
                      help="Influence is always for one label: by default the one the model predicts.")
 wanted = None if asked == label_options[0] else analysis.label_names.index(asked)
