@@ -185,8 +185,9 @@ class Distributed:
         if len(self.resumed) > self._logged:
             message += f" ({', '.join(self.resumed[self._logged:])} resumed from {self.shard_dir})"
             self._logged = len(self.resumed)
-        if self.active:
-            print(f"rank {self.rank} of {self.world_size}: {message}", file=sys.stderr, flush=True)
+        if self.active:  # one write per line, so the ranks' lines never interleave
+            sys.stderr.flush()
+            os.write(sys.stderr.fileno(), f"rank {self.rank} of {self.world_size}: {message}\n".encode())
 
     # ----------------------------------------------------------------- failures
     @contextlib.contextmanager
@@ -460,8 +461,15 @@ def _worker(rank: int, fn, args, nprocs, port, sharding, shard_dir, timeout_s, t
         value = fn(distributed, *args)
         if rank == 0:
             torch.save(value, result)
-    finally:
+    except BaseException:
         distributed.close()
+        raise  # spawn reports it to the parent
+    distributed.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # the result is saved and the group is gone: skip interpreter teardown, where a library's still-joinable C++
+    # thread can abort the process ("terminate called without an active exception") after the work succeeded
+    os._exit(0)
 
 
 def _free_port() -> int:
