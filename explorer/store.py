@@ -16,7 +16,6 @@ from collections.abc import Callable
 from explorer.spec import AnalysisSpec, Progress, factors_path, index_dir, index_ready, model_identity
 from influence_core.cache import stable_hash
 from influence_core.demo import load_model
-from influence_core.engine.config import EngineConfig
 from influence_core.engine.index import GradientIndex, IndexConfig
 from influence_core.engine.influence import InfluenceEngine
 from influence_core.errors import FactorsError
@@ -28,11 +27,6 @@ MAX_ENGINES = 4
 INDEX_CONFIG = IndexConfig()
 #: Training reviews the index proposes per direction for the engine to re-score exactly (what a card shows).
 RERANK = 20
-
-
-def engine_config(spec: AnalysisSpec) -> EngineConfig:
-    """The analysis's engine settings; its damping is only the default, every call may pass another."""
-    return spec.config
 
 
 class ModelStore:
@@ -84,7 +78,7 @@ class ModelStore:
         ``token_influence``. Raises FactorsError when the factors were not fitted yet (run the analysis first).
         """
         model_key = stable_hash(model_identity(spec.model))
-        config = engine_config(spec)
+        config = spec.config  # its damping is only the default: every call passes its own
         key = (model_key, spec.factors_key(), config.method, config.relative_damping is not None)
         with self._lock:
             if key in self._engines:
