@@ -370,31 +370,34 @@ def before_after_bars(
     return fig
 
 
-def retrain_losses(losses: Mapping[str, float], reference: str, *, highlight: str | None = None, title: str = "",
-                   axis_title: str = "test loss") -> go.Figure:
-    """Losses of several retrained models as bars, with the ``reference`` model's loss as a dashed line.
+def counterfactual_changes(check, *, title: str = "") -> go.Figure:
+    """The counterfactual check's changes in test loss, one dot per retrain, against the full model of the same seed.
 
-    ``highlight`` (e.g. the model without the most harmful reviews) is blue when below the reference and red
-    when above; every other bar is grey. Bars keep the caller's order.
+    ``check``: :class:`influence_core.training.retrain.CounterfactualResult`. Two columns: without the ``k`` most
+    harmful reviews (one dot per seed; blue when their mean is below that of the random removals, red above) and
+    without ``k`` random ones (grey, one dot per seed and draw); each mean is a bar outline, zero (the full model)
+    a dashed line.
     """
-    names = [html.escape(str(name)) for name in losses]
-    values = np.array([float(v) for v in losses.values()])
-    base = float(losses[reference])
-    colours = []
-    for name, value in zip(losses, values):
-        if highlight is not None and name == highlight:
-            colours.append(HELPFUL if value < base else HARMFUL)
-        else:
-            colours.append(NEUTRAL)
+    harmful, random_ = np.asarray(check.harmful_changes), np.asarray(check.random_changes)
+    h_name, r_name = f"minus {check.k} most harmful", f"minus {check.k} random"
+    colour = HELPFUL if harmful.mean() < random_.mean() else HARMFUL
+    draws = len(check.random)
     fig = go.Figure()
-    fig.add_bar(x=names, y=values, marker_color=colours, text=[f"{v:.3f}" for v in values], textposition="outside",
-                hovertemplate="%{x}: %{y:.4f}<extra></extra>", showlegend=False)
-    fig.add_hline(y=base, line_dash="dash", line_color=NEUTRAL, annotation_text=html.escape(str(reference)),
+    for name, values, col, hover in (
+        (h_name, harmful, colour, [f"seed {s}" for s in check.seeds]),
+        (r_name, random_, NEUTRAL, [f"seed {s}, draw {d + 1}" for s in check.seeds for d in range(draws)]),
+    ):
+        fig.add_bar(x=[name], y=[float(values.mean())], marker={"color": "rgba(0,0,0,0)", "line": {"color": col,
+                                                                                                    "width": 2}},
+                    hovertemplate=f"{name} (mean): %{{y:.4f}}<extra></extra>", showlegend=False)
+        fig.add_scatter(x=[name] * len(values), y=values.tolist(), mode="markers", marker={"color": col, "size": 10},
+                        text=hover, hovertemplate="%{text}: %{y:.4f}<extra></extra>", showlegend=False)
+    fig.add_hline(y=0.0, line_dash="dash", line_color=NEUTRAL, annotation_text="full model (same seed)",
                   annotation_position="top left")
     fig.update_layout(
         title={"text": html.escape(title)} if title else None,
         xaxis={"type": "category"},
-        yaxis={"title": axis_title, "rangemode": "tozero"},
+        yaxis={"title": "change in test loss"},
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
         height=360,
     )

@@ -200,6 +200,7 @@ class JobRunner:
                 return current
             job = Job(key=key, name=name)
             job._thread = threading.Thread(target=job._run, args=(fn,), name=f"job-{key}", daemon=True)
+            self._jobs.pop(key, None)  # a restarted key becomes the latest
             self._jobs[key] = job
             self._prune()
         job._thread.start()
@@ -210,6 +211,13 @@ class JobRunner:
         with self._lock:
             self._prune()
             return self._jobs.get(key)
+
+    def latest(self, prefix: str) -> Job | None:
+        """The most recently started remembered job whose key starts with ``prefix``, or None."""
+        with self._lock:
+            self._prune()
+            matches = [job for key, job in self._jobs.items() if key.startswith(prefix)]
+            return matches[-1] if matches else None
 
     def __len__(self) -> int:
         """How many jobs are remembered (running and finished)."""

@@ -60,9 +60,10 @@ def retrain_cleaned(spec: AnalysisSpec, analysis: Analysis, cleaned: pd.DataFram
 
 
 def counterfactual(spec: AnalysisSpec, analysis: Analysis, test_index: int, influence: np.ndarray, k: int,
-                   draws: int, progress: Progress):
+                   draws: int, progress: Progress, seeds: int = 2):
     """Retrain without the ``k`` training reviews most harmful to test review ``test_index`` and without ``k``
-    random ones (``draws`` times); see :func:`influence_core.training.retrain.counterfactual_check`.
+    random ones (``draws`` times), each with ``seeds`` training seeds; see
+    :func:`influence_core.training.retrain.counterfactual_check`.
 
     Every retrain, the "full" reference included, is on the analysed training slice (``analysis.train``), so
     the removals are compared with the same slice, never with the model under study."""
@@ -71,6 +72,6 @@ def counterfactual(spec: AnalysisSpec, analysis: Analysis, test_index: int, infl
     train = analysis.train[["text", "label", "row_id"]]
     return counterfactual_check(
         study_model(spec), train, analysis.test["text"].iloc[test_index], int(analysis.test["label"].iloc[test_index]),
-        influence, k=k, n_random=draws, label_names=analysis.label_names, progress=progress,
+        influence, k=k, n_random=draws, seeds=seeds, label_names=analysis.label_names, progress=progress,
         cancel=cancel_check(progress),
     )

@@ -457,3 +457,29 @@ def tour_story(analysis: Analysis, k: int, layers: Sequence[str] | None = None) 
         ranking=name, suspect=suspect, suspect_planted=None if planted is None else bool(planted[suspect]),
         victim=victim, helpful=tuple(int(j) for j in order[:2]), harmful=tuple(int(j) for j in order[::-1][:2]),
     )
+
+
+# ------------------------------------------------------------------------------------------- counterfactual check
+def counterfactual_sentence(check) -> str:
+    """The counterfactual check's verdict in one Markdown sentence, with the spread it was judged against.
+
+    ``check``: :class:`influence_core.training.retrain.CounterfactualResult`.
+    """
+    k, h, r = check.k, check.harmful_changes.mean(), check.random_changes.mean()
+    measured = (f"without the {k} most harmful the loss changed by **{h:+.3f}** on average, without {k} random ones "
+                f"by **{r:+.3f}**")
+    runs = f"{len(check.seeds)} seed{'s' if len(check.seeds) > 1 else ''} x {len(check.random)} random draw" \
+           f"{'s' if len(check.random) > 1 else ''}"
+    noise = "" if check.seed_noise is None else f"; the full model's loss varies by {check.seed_noise:.3f} between seeds"
+    if check.verdict == "too few retrains":
+        return (f"Over {runs}, {measured}. **No verdict:** with a single seed or a single random draw the noise of "
+                f"retraining cannot be measured; use at least 2 of each{noise}.")
+    spread = f"difference {check.difference:+.3f} ± {check.spread:.3f} (standard error), p = {check.p_value:.2g}"
+    verdicts = {
+        "lower": "Removing the most harmful reviews **lowered the loss more than chance explains**",
+        "higher": "Removing the most harmful reviews **raised the loss more than removing random ones** (influence "
+                  "pointed the wrong way here)",
+        "within noise": "Removing the most harmful reviews **did no better than removing random ones, within the "
+                        "noise of retraining**",
+    }
+    return f"{verdicts[check.verdict]}: over {runs}, {measured} ({spread}{noise})."

@@ -5,8 +5,9 @@
 - :func:`retrain` fine-tunes a classifier on it with the recipe of the model under study (its ``finetune.json``:
   base encoder and hyper-parameters) and reports test accuracy and loss before and after.
 - :func:`counterfactual_check` is the honest test of influence for one test review: retrain without its ``k``
-  most harmful training reviews and without ``k`` random ones (same base, seed and hyper-parameters) and
-  compare the review's loss with that of a model retrained on everything.
+  most harmful training reviews and without ``k`` random ones (same base and hyper-parameters, one or more
+  training seeds) and compare the review's loss with that of a model retrained on everything; the verdict is
+  given only when the difference exceeds the spread the seeds and random draws show.
 
 Every fine-tune is cached under ``cache_dir("retrained", key)`` (key: base, recipe, texts, labels), so asking
 twice costs nothing, and every long call takes ``progress(done, total, stage)`` and ``cancel() -> bool``.
@@ -23,7 +24,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -471,18 +472,27 @@ class _Stages:
 
 
 # ----------------------------------------------------------------------------------------------- counterfactual
+#: Below this p-value (Welch's t-test of the harmful against the random removals) the check gives a verdict.
+SIGNIFICANCE = 0.05
+
+
 @dataclass
 class CounterfactualResult:
     """The loss of one test review after retraining on the full data, without its ``k`` most harmful training
-    reviews, and without ``k`` random ones (same base, seed and hyper-parameters each time).
+    reviews, and without ``k`` random ones; each of them with every training seed in ``seeds``.
+
+    Changes are paired by seed (``minus - full`` of the same seed), so the seed's own noise in the full model
+    cancels. The verdict compares the harmful removals' changes (one per seed) with the random removals' (one per
+    seed and draw) by Welch's t-test and is given only when their difference exceeds that spread.
 
     Attributes:
         k: Reviews removed.
         harmful: Row ids (positions in the training table, or its ``row_id``) removed as most harmful.
         random: Row ids removed in each random draw.
-        loss_full: Test loss of the model retrained on every training review.
-        loss_minus_harmful: Test loss without the harmful reviews.
-        loss_minus_random: Test loss without each random draw (one per draw).
+        seeds: The training seeds (the recipe's own first).
+        losses_full: Test loss of the model retrained on every training review, per seed.
+        losses_minus_harmful: Test loss without the harmful reviews, per seed.
+        losses_minus_random: Test loss without each random draw, ``[seed][draw]``.
         predicted_change: First-order influence prediction of the change from removing the harmful reviews,
             ``sum(influence[harmful]) / n_train`` (negative = the loss should drop).
         harmful_influence: Influence of each removed harmful review (all negative when ``k`` harmful exist).
@@ -493,43 +503,114 @@ class CounterfactualResult:
     k: int
     harmful: list[int]
     random: list[list[int]]
-    loss_full: float
-    loss_minus_harmful: float
-    loss_minus_random: list[float]
+    seeds: list[int]
+    losses_full: list[float]
+    losses_minus_harmful: list[float]
+    losses_minus_random: list[list[float]]
     predicted_change: float
     harmful_influence: list[float]
     seconds: float = 0.0
 
     @property
+    def loss_full(self) -> float:
+        return float(np.mean(self.losses_full))
+
+    @property
+    def loss_minus_harmful(self) -> float:
+        return float(np.mean(self.losses_minus_harmful))
+
+    @property
     def loss_minus_random_mean(self) -> float:
-        return float(np.mean(self.loss_minus_random))
+        return float(np.mean(self.losses_minus_random))
+
+    @property
+    def harmful_changes(self) -> np.ndarray:
+        """``minus harmful - full`` per seed."""
+        return np.asarray(self.losses_minus_harmful) - np.asarray(self.losses_full)
+
+    @property
+    def random_changes(self) -> np.ndarray:
+        """``minus random - full`` per seed and draw, flattened seed-major."""
+        return (np.asarray(self.losses_minus_random) - np.asarray(self.losses_full)[:, None]).ravel()
+
+    @property
+    def difference(self) -> float:
+        """Mean change without the harmful reviews minus mean change without random ones (negative = harmful
+        removal lowered the loss more)."""
+        return float(self.harmful_changes.mean() - self.random_changes.mean())
+
+    @property
+    def spread(self) -> float | None:
+        """Standard error of :attr:`difference` (Welch), or None with fewer than two values on a side."""
+        h, r = self.harmful_changes, self.random_changes
+        if len(h) < 2 or len(r) < 2:
+            return None
+        return float(np.sqrt(h.var(ddof=1) / len(h) + r.var(ddof=1) / len(r)))
+
+    @property
+    def seed_noise(self) -> float | None:
+        """Standard deviation of the full model's test loss across seeds (the retraining noise), or None."""
+        return float(np.std(self.losses_full, ddof=1)) if len(self.losses_full) > 1 else None
+
+    @property
+    def p_value(self) -> float | None:
+        """Welch's t-test of harmful against random changes (two-sided), or None when it cannot be computed."""
+        if self.spread is None:
+            return None
+        if self.spread == 0.0:
+            return 0.0 if self.difference != 0.0 else 1.0
+        from scipy.stats import ttest_ind
+
+        return float(ttest_ind(self.harmful_changes, self.random_changes, equal_var=False).pvalue)
+
+    @property
+    def verdict(self) -> str:
+        """``lower`` (removing the harmful reviews lowered the loss more than chance), ``higher`` (it raised it
+        more), ``within noise``, or ``too few retrains`` (under two seeds, or a single random removal)."""
+        p = self.p_value
+        if p is None:
+            return "too few retrains"
+        if p >= SIGNIFICANCE:
+            return "within noise"
+        return "lower" if self.difference < 0 else "higher"
 
     @property
     def harmful_beats_random(self) -> bool:
-        """True when removing the harmful reviews lowered the loss more than removing random ones did."""
-        return self.loss_minus_harmful < self.loss_minus_random_mean
+        """True only when removing the harmful reviews lowered the loss more than chance explains."""
+        return self.verdict == "lower"
 
     def summary(self) -> pd.DataFrame:
-        """Rows full, minus k harmful and each random draw; columns ``model``, ``loss``, ``change`` (vs full)."""
-        rows = [("full", self.loss_full), (f"minus {self.k} most harmful", self.loss_minus_harmful)]
-        rows += [(f"minus {self.k} random (draw {i + 1})", loss) for i, loss in enumerate(self.loss_minus_random)]
-        return pd.DataFrame([{"model": name, "loss": loss, "change": loss - self.loss_full} for name, loss in rows])
+        """One row per retrain: ``model``, ``seed``, ``loss``, ``change`` (vs the full model of the same seed)."""
+        rows = []
+        for s, seed in enumerate(self.seeds):
+            full = self.losses_full[s]
+            rows.append(("full", seed, full))
+            rows.append((f"minus {self.k} most harmful", seed, self.losses_minus_harmful[s]))
+            rows += [(f"minus {self.k} random (draw {i + 1})", seed, loss)
+                     for i, loss in enumerate(self.losses_minus_random[s])]
+        full_by_seed = dict(zip(self.seeds, self.losses_full))
+        return pd.DataFrame([{"model": name, "seed": seed, "loss": loss, "change": loss - full_by_seed[seed]}
+                             for name, seed, loss in rows])
 
     def to_dict(self) -> dict:
         return {"test_text": self.test_text, "test_label": self.test_label, "k": self.k, "harmful": self.harmful,
-                "random": self.random, "loss_full": self.loss_full, "loss_minus_harmful": self.loss_minus_harmful,
-                "loss_minus_random": self.loss_minus_random, "loss_minus_random_mean": self.loss_minus_random_mean,
-                "harmful_beats_random": self.harmful_beats_random, "predicted_change": self.predicted_change,
+                "random": self.random, "seeds": self.seeds, "losses_full": self.losses_full,
+                "losses_minus_harmful": self.losses_minus_harmful, "losses_minus_random": self.losses_minus_random,
+                "loss_full": self.loss_full, "loss_minus_harmful": self.loss_minus_harmful,
+                "loss_minus_random_mean": self.loss_minus_random_mean, "difference": self.difference,
+                "spread": self.spread, "seed_noise": self.seed_noise, "p_value": self.p_value,
+                "verdict": self.verdict, "predicted_change": self.predicted_change,
                 "harmful_influence": self.harmful_influence, "seconds": round(self.seconds, 1)}
 
 
 def counterfactual_check(model: str | os.PathLike, train_df: pd.DataFrame, test_text: str, test_label: int,
-                         influence: np.ndarray, *, k: int = 10, n_random: int = 1, random_seed: int = 0,
-                         label_names: Sequence[str] | None = None, epochs: int | None = None, lr: float | None = None,
-                         batch_size: int | None = None, max_length: int | None = None, seed: int | None = None,
-                         progress: Progress | None = None, cancel: Cancel | None = None) -> CounterfactualResult:
+                         influence: np.ndarray, *, k: int = 10, n_random: int = 1, seeds: int = 1,
+                         random_seed: int = 0, label_names: Sequence[str] | None = None, epochs: int | None = None,
+                         lr: float | None = None, batch_size: int | None = None, max_length: int | None = None,
+                         seed: int | None = None, progress: Progress | None = None,
+                         cancel: Cancel | None = None) -> CounterfactualResult:
     """Does removing the training reviews that influence calls most harmful for one test review lower its loss
-    more than removing as many random reviews?
+    more than removing as many random reviews, beyond what retraining noise does?
 
     Args:
         model: The model the influences were computed for (its recipe is reused; see :func:`recipe_of`).
@@ -538,11 +619,13 @@ def counterfactual_check(model: str | os.PathLike, train_df: pd.DataFrame, test_
         test_text, test_label: The test review.
         influence: Influence of each training row on the test review, shape [n_train]; positive = helpful
             (e.g. ``table.total(k)[q]``). The ``k`` most negative are removed.
-        k: How many to remove. n_random: Random draws (each a retrain). random_seed: Seed of the draws.
+        k: How many to remove. n_random: Random draws (the same draws for every seed). random_seed: Seed of the
+            draws. seeds: Training seeds: the recipe's seed, then the next ones (each seed retrains everything).
         epochs, lr, batch_size, max_length, seed: Override the recipe (the same for every retrain).
 
     Returns:
-        CounterfactualResult; ``2 + n_random`` fine-tunes (the full one is cached and shared between reviews).
+        CounterfactualResult; ``seeds * (2 + n_random)`` fine-tunes (the full ones are cached and shared between
+        reviews). With ``seeds >= 2`` and ``n_random >= 2`` it says whether the difference exceeds the noise.
     """
     start = time.perf_counter()
     recipe = recipe_of(model, label_names=label_names, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -555,6 +638,8 @@ def counterfactual_check(model: str | os.PathLike, train_df: pd.DataFrame, test_
         raise DataError(f"k must be between 1 and {len(texts) - 1}, got {k}")
     if int(n_random) < 1:
         raise DataError(f"n_random must be at least 1, got {n_random}")
+    if int(seeds) < 1:
+        raise DataError(f"seeds must be at least 1, got {seeds}")
     if not 0 <= int(test_label) < len(recipe.label_names):
         raise DataError(f"test label {test_label} is outside 0..{len(recipe.label_names) - 1}")
     k = int(k)
@@ -562,30 +647,39 @@ def counterfactual_check(model: str | os.PathLike, train_df: pd.DataFrame, test_
     harmful = np.argsort(np.where(np.isnan(influence), np.inf, influence), kind="stable")[:k]
     rng = np.random.default_rng(random_seed)
     draws = [np.sort(rng.choice(len(texts), k, replace=False)) for _ in range(int(n_random))]
-    phases = ["full", "harmful", *[f"random {i + 1}" for i in range(len(draws))]]
+    base_seed = int(recipe.hyperparameters.get("seed", 0))
+    training_seeds = [base_seed + i for i in range(int(seeds))]
+    phases = [f"{name} seed {s}" for s in training_seeds
+              for name in ("full", "harmful", *[f"random {i + 1}" for i in range(len(draws))])]
     report = _Stages(progress, phases)
     max_len = int(recipe.hyperparameters["max_length"])
 
-    def loss_without(phase: str, removed: np.ndarray | None, label: str) -> float:
+    def loss_without(training_seed: int, phase: str, removed: np.ndarray | None, label: str) -> float:
         _check_cancel(cancel)
         keep = np.ones(len(texts), dtype=bool)
         if removed is not None:
             keep[removed] = False
-        folder = train_cached(recipe, [t for t, ok in zip(texts, keep) if ok],
-                              [y for y, ok in zip(labels, keep) if ok], progress=report.part(phase, label),
-                              cancel=cancel)
+        seeded = recipe if training_seed == base_seed else replace(
+            recipe, hyperparameters={**recipe.hyperparameters, "seed": training_seed})
+        folder = train_cached(seeded, [t for t, ok in zip(texts, keep) if ok],
+                              [y for y, ok in zip(labels, keep) if ok],
+                              progress=report.part(f"{phase} seed {training_seed}", label), cancel=cancel)
         probs = predict_probabilities(folder, [test_text], max_length=max_len)
         return float(-np.log(max(probs[0, int(test_label)], 1e-12)))
 
-    loss_full = loss_without("full", None, "retrain on everything")
-    loss_harmful = loss_without("harmful", harmful, f"retrain without the {k} most harmful")
-    loss_random = [loss_without(f"random {i + 1}", draw, f"retrain without {k} random ({i + 1}/{len(draws)})")
-                   for i, draw in enumerate(draws)]
+    full, minus_harmful, minus_random = [], [], []
+    for s in training_seeds:
+        tag = f" (seed {s})" if len(training_seeds) > 1 else ""
+        full.append(loss_without(s, "full", None, f"retrain on everything{tag}"))
+        minus_harmful.append(loss_without(s, "harmful", harmful, f"retrain without the {k} most harmful{tag}"))
+        minus_random.append([loss_without(s, f"random {i + 1}", draw,
+                                          f"retrain without {k} random ({i + 1}/{len(draws)}){tag}")
+                             for i, draw in enumerate(draws)])
     report.done()
     return CounterfactualResult(
         test_text=str(test_text), test_label=int(test_label), k=k, harmful=[int(row_ids[i]) for i in harmful],
-        random=[[int(row_ids[i]) for i in draw] for draw in draws], loss_full=loss_full,
-        loss_minus_harmful=loss_harmful, loss_minus_random=loss_random,
+        random=[[int(row_ids[i]) for i in draw] for draw in draws], seeds=training_seeds, losses_full=full,
+        losses_minus_harmful=minus_harmful, losses_minus_random=minus_random,
         predicted_change=float(influence[harmful].sum() / len(texts)),
         harmful_influence=[float(v) for v in influence[harmful]], seconds=time.perf_counter() - start)
 

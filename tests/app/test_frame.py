@@ -173,12 +173,20 @@ def test_retrain_on_cleaned_data_and_counterfactual_check(computed):
     assert any("Harmful pairs:" in c.value for c in at.caption)
 
     at.number_input(key="cf_k").set_value(2).run()
-    at.number_input(key="cf_draws").set_value(1).run()
+    at.number_input(key="cf_draws").set_value(2).run()
+    at.number_input(key="cf_seeds").set_value(2).run()
     at.button(key="cf_run").click().run()
-    _finish_jobs("cf-")
+    from explorer import ui as common
+    from explorer import views
+
+    job = common.job_runner().latest("cf-")
+    assert job is not None and job.wait(300)
     at.run()
     no_exceptions(at)
-    assert any("most harmful training reviews" in m.value for m in at.markdown)
+    check = job.result
+    assert check.seeds == [0, 1] and np.asarray(check.losses_minus_random).shape == (2, 2)
+    assert check.verdict in ("lower", "higher", "within noise")  # two seeds and two draws: the spread is measured
+    assert views.counterfactual_sentence(check) in [m.value for m in at.markdown]
     from explorer.marks import MarkStore
 
     MarkStore.for_data(first.spec.train_data).clear()

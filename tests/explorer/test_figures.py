@@ -95,16 +95,23 @@ def test_before_after_bars_colour_the_after_bars_by_sign():
     assert before.x[1] == "&lt;b&gt;"
 
 
-def test_retrain_losses_colour_the_highlighted_bar_against_the_reference():
-    losses = {"full": 0.8, "minus 5 most harmful": 0.3, "minus 5 random (1)": 0.9, "<i>": 0.7}
-    fig = figures.retrain_losses(losses, "full", highlight="minus 5 most harmful", title="Review #3")
-    (bars,) = fig.data
-    assert list(bars.x) == ["full", "minus 5 most harmful", "minus 5 random (1)", "&lt;i&gt;"]
-    assert bars.marker.color == (figures.NEUTRAL, figures.HELPFUL, figures.NEUTRAL, figures.NEUTRAL)
-    assert fig.layout.shapes[0].y0 == 0.8  # the reference line
-    worse = figures.retrain_losses({"full": 0.2, "minus": 0.5}, "full", highlight="minus")
-    assert worse.data[0].marker.color == (figures.NEUTRAL, figures.HARMFUL)
+def test_counterfactual_changes_show_every_retrain_and_colour_the_harmful_mean():
+    from influence_core.training.retrain import CounterfactualResult
 
+    check = CounterfactualResult("x", 1, 5, [1, 2], [[3], [4]], seeds=[0, 1], losses_full=[0.5, 0.7],
+                                 losses_minus_harmful=[0.3, 0.6], losses_minus_random=[[0.5, 0.6], [0.7, 0.8]],
+                                 predicted_change=-0.1, harmful_influence=[-1.0, -2.0])
+    fig = figures.counterfactual_changes(check, title="Review #3")
+    dots = [t for t in fig.data if t.type == "scatter"]
+    assert list(dots[0].y) == pytest.approx([-0.2, -0.1])  # paired with the full model of the same seed
+    assert list(dots[1].y) == pytest.approx([0.0, 0.1, 0.0, 0.1])
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert bars[0].y[0] == pytest.approx(-0.15) and bars[1].y[0] == pytest.approx(0.05)
+    assert dots[0].marker.color == figures.HELPFUL and dots[1].marker.color == figures.NEUTRAL
+    worse = CounterfactualResult("x", 1, 5, [1], [[3]], seeds=[0], losses_full=[0.2], losses_minus_harmful=[0.5],
+                                 losses_minus_random=[[0.2]], predicted_change=-0.1, harmful_influence=[-1.0])
+    assert [t for t in figures.counterfactual_changes(worse).data if t.type == "scatter"][0].marker.color == \
+        figures.HARMFUL
 
 def test_stability_heatmap_and_damping_curve():
     frame = pd.DataFrame(

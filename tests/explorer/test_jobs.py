@@ -141,3 +141,14 @@ def test_finished_jobs_older_than_max_age_are_forgotten():
     gate.set()
     assert still.wait(5)
     assert runner.get("still") is still  # just finished: kept
+
+
+def test_latest_is_the_most_recently_started_job_with_the_prefix():
+    runner = JobRunner()
+    first = runner.start(lambda progress: 1, key="cf-a")
+    second = runner.start(lambda progress: 2, key="cf-b")
+    runner.start(lambda progress: 3, key="other")
+    assert runner.latest("cf-") is second and runner.latest("nope") is None
+    first.wait(5)
+    again = runner.start(lambda progress: 4, key="cf-a")  # restarting a finished key makes it the latest
+    assert runner.latest("cf-") is again and again is not first

@@ -59,14 +59,15 @@ def test_counterfactual_trains_full_on_the_same_slice(monkeypatch):
     seen = {}
 
     def fake_check(model, train_df, test_text, test_label, influence, **kwargs):
-        seen.update(train=train_df, text=test_text, label=test_label)
+        seen.update(train=train_df, text=test_text, label=test_label, seeds=kwargs["seeds"])
         raise _Stop
 
     monkeypatch.setattr(RETRAIN, "counterfactual_check", fake_check)
     analysis = _analysis()
     with pytest.raises(_Stop):
-        retraining.counterfactual(_spec(), analysis, 1, np.zeros(4), 1, 1, _Progress())
+        retraining.counterfactual(_spec(), analysis, 1, np.zeros(4), 1, 1, _Progress(), seeds=3)
     assert seen["train"]["row_id"].tolist() == [10, 11, 12, 13] and (seen["text"], seen["label"]) == ("y", 0)
+    assert seen["seeds"] == 3
 
 
 def test_finetune_estimate_from_model_size_rows_and_epochs(tmp_path, monkeypatch):

@@ -157,3 +157,22 @@ def test_token_scores_add_up_to_the_pairwise_score_over_the_chosen_layers(three_
     assert tokens.pooled != 0  # the pooler and classifier are among the chosen layers
     pieces = display_tokens(tokens.tokens, tokens.scores, pooled=tokens.pooled)
     assert pieces[0].chip and sum(p.score for p in pieces) == pytest.approx(expected, rel=1e-8)
+
+
+def test_counterfactual_sentence_gives_a_verdict_only_beyond_the_spread():
+    from influence_core.training.retrain import CounterfactualResult
+
+    def check(harmful, random_, full=(0.5, 0.5)):
+        return CounterfactualResult("x", 1, 5, [1], [[3], [4]], seeds=list(range(len(full))), losses_full=list(full),
+                                    losses_minus_harmful=list(harmful), losses_minus_random=[list(r) for r in random_],
+                                    predicted_change=-0.1, harmful_influence=[-1.0])
+
+    clear = check([0.10, 0.12], [[0.50, 0.52], [0.49, 0.51]])
+    assert clear.verdict == "lower" and "lowered the loss more than chance" in views.counterfactual_sentence(clear)
+    noisy = check([0.30, 0.70], [[0.20, 0.80], [0.60, 0.40]])
+    assert noisy.verdict == "within noise" and "within the noise" in views.counterfactual_sentence(noisy)
+    worse = check([0.90, 0.91], [[0.50, 0.52], [0.49, 0.51]])
+    assert worse.verdict == "higher" and "raised the loss" in views.counterfactual_sentence(worse)
+    single = check([0.1], [[0.5, 0.5]], full=(0.5,))
+    text = views.counterfactual_sentence(single)
+    assert single.verdict == "too few retrains" and "No verdict" in text and "-0.400" in text

@@ -206,14 +206,15 @@ def test_counterfactual_check_removes_the_most_harmful(studied_model, corpus):
     assert result.harmful == [47, 46, 45] and len(result.random) == 1 and len(result.random[0]) == 3
     assert result.harmful_influence == pytest.approx(influence[[47, 46, 45]].tolist())
     assert result.predicted_change == pytest.approx(influence[[45, 46, 47]].sum() / len(train))
-    assert all(np.isfinite([result.loss_full, result.loss_minus_harmful, *result.loss_minus_random]))
+    assert all(np.isfinite([result.loss_full, result.loss_minus_harmful, *result.losses_minus_random[0]]))
     assert result.summary()["model"].tolist() == ["full", "minus 3 most harmful", "minus 3 random (draw 1)"]
-    assert result.harmful_beats_random == (result.loss_minus_harmful < np.mean(result.loss_minus_random))
+    # one seed and one draw show no spread, so there is no verdict
+    assert result.spread is None and result.verdict == "too few retrains" and not result.harmful_beats_random
     # the full retrain is the studied model's recipe on the same rows, so its test loss is the studied model's
     label = int(test["label"].iloc[0])
     assert result.loss_full == pytest.approx(-np.log(_probs(studied_model, test["text"].iloc[:1])[0, label]), rel=1e-4)
     assert result.summary()["change"].tolist() == pytest.approx(
-        [0.0, result.loss_minus_harmful - result.loss_full, result.loss_minus_random[0] - result.loss_full])
+        [0.0, result.loss_minus_harmful - result.loss_full, result.losses_minus_random[0][0] - result.loss_full])
     assert calls[-1][0] == calls[-1][1]
     # the full retrain is cached: a second review reuses it
     other = counterfactual_check(studied_model, train, test["text"].iloc[1], int(test["label"].iloc[1]), influence,
@@ -223,6 +224,38 @@ def test_counterfactual_check_removes_the_most_harmful(studied_model, corpus):
         counterfactual_check(studied_model, train, "x", 0, influence[:5], k=3)
     with pytest.raises(DataError, match="k must be"):
         counterfactual_check(studied_model, train, "x", 0, influence, k=0)
+    with pytest.raises(DataError, match="seeds must be"):
+        counterfactual_check(studied_model, train, "x", 0, influence, k=3, seeds=0)
+
+
+def test_counterfactual_check_with_seeds_pairs_changes_and_tests_them(studied_model, corpus):
+    train, test = corpus
+    influence = np.linspace(-1.0, 1.0, len(train))[::-1].copy()
+    label = int(test["label"].iloc[0])
+    result = counterfactual_check(studied_model, train, test["text"].iloc[0], label, influence, k=3, n_random=2,
+                                  seeds=2)
+    assert result.seeds == [0, 1] and len(result.losses_full) == 2
+    assert np.asarray(result.losses_minus_random).shape == (2, 2)
+    # seed 0 is the studied model's own recipe; seed 1 is another fine-tune, so the full losses differ
+    assert result.losses_full[0] == pytest.approx(
+        -np.log(_probs(studied_model, test["text"].iloc[:1])[0, label]), rel=1e-4)
+    assert result.losses_full[1] != pytest.approx(result.losses_full[0], rel=1e-6)
+    # changes are paired with the full model of the same seed
+    h = np.array(result.losses_minus_harmful) - np.array(result.losses_full)
+    r = (np.array(result.losses_minus_random) - np.array(result.losses_full)[:, None]).ravel()
+    np.testing.assert_allclose(result.harmful_changes, h)
+    np.testing.assert_allclose(result.random_changes, r)
+    assert result.difference == pytest.approx(h.mean() - r.mean())
+    assert result.spread == pytest.approx(np.sqrt(h.var(ddof=1) / 2 + r.var(ddof=1) / 4))
+    from scipy.stats import ttest_ind
+
+    p = ttest_ind(h, r, equal_var=False).pvalue
+    assert result.p_value == pytest.approx(p)
+    expected = "within noise" if p >= 0.05 else ("lower" if h.mean() < r.mean() else "higher")
+    assert result.verdict == expected and result.harmful_beats_random == (expected == "lower")
+    table = result.summary()
+    assert table["seed"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert table.loc[table["model"] == "full", "change"].tolist() == [0.0, 0.0]
 
 
 # ------------------------------------------------------------------------------------------ CLI
