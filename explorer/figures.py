@@ -184,9 +184,12 @@ def confidence_histogram(confidence: np.ndarray, correct: np.ndarray, *, title: 
 
 
 def influence_bars(
-    scores: Sequence[float], names: Sequence[str], hover: Sequence[str] | None = None, *, title: str = ""
+    scores: Sequence[float], names: Sequence[str], hover: Sequence[str] | None = None, *, title: str = "",
+    axis_title: str = "influence",
 ) -> go.Figure:
-    """Horizontal bars for a few training reviews' influence on one prediction (blue helpful, red harmful)."""
+    """Horizontal bars for a few training reviews' influence on one prediction (blue helpful, red harmful).
+
+    ``axis_title``: what the values are (raw influence, or the predicted change in loss if removed)."""
     values = np.asarray(scores, dtype=float)
     fig = go.Figure(
         go.Bar(
@@ -200,7 +203,7 @@ def influence_bars(
     )
     fig.update_layout(
         title={"text": html.escape(title)} if title else None,
-        xaxis={"title": f"influence ({SIGN_NOTE})", "zeroline": True},
+        xaxis={"title": f"{html.escape(axis_title)} ({SIGN_NOTE})", "zeroline": True},
         yaxis={"autorange": "reversed", "type": "category"},
         margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
         height=120 + 28 * len(values),
@@ -215,6 +218,7 @@ def layerwise_bars(
     hover: Sequence[str] | None = None,
     title: str = "",
     zmax: float | None = None,
+    colorbar_title: str = "influence",
 ) -> go.Figure:
     """One test review's influence per layer and training review, as one compact heatmap (layers x reviews).
 
@@ -251,7 +255,7 @@ def layerwise_bars(
             zmin=-zmax,
             zmax=zmax,
             customdata=custom,
-            colorbar={"title": {"text": "influence"}},
+            colorbar={"title": {"text": html.escape(colorbar_title)}},
             hovertemplate="%{y} · %{x}: %{z:.4g}" + ("<br>%{customdata}" if custom is not None else "")
             + "<extra></extra>",
         )
@@ -446,7 +450,8 @@ def stability_heatmap(stability: pd.DataFrame, metric: str = "spearman", *, titl
 
 
 def damping_curve(
-    dampings: Sequence[float], values: Mapping[str, Sequence[float]], *, chosen: float | None = None, title: str = ""
+    dampings: Sequence[float], values: Mapping[str, Sequence[float]], *, chosen: float | None = None, title: str = "",
+    axis_title: str = "influence",
 ) -> go.Figure:
     """Influence of one pair as a function of damping (log x axis), one line per layer or total."""
     fig = go.Figure()
@@ -464,7 +469,7 @@ def damping_curve(
     fig.update_layout(
         title={"text": html.escape(title)} if title else None,
         xaxis={"title": "damping", "type": "log"},
-        yaxis={"title": f"influence ({SIGN_NOTE})"},
+        yaxis={"title": f"{html.escape(axis_title)} ({SIGN_NOTE})"},
         margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
         height=380,
     )

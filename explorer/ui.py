@@ -24,6 +24,7 @@ from explorer.figures import figure_html
 from explorer.jobs import CANCELLED, DONE, ERROR, Job, JobRunner
 from explorer.spec import AnalysisSpec, analysis_dir, damping_grid, default_model_source, factors_ready
 from explorer.store import ModelStore
+from explorer.trust import predicted_loss_change
 from influence_core.engine.config import FISHERS, METHODS, EngineConfig
 from influence_core.errors import InfluenceError
 from influence_core.sources.data import DataSource
@@ -37,6 +38,7 @@ SIGN_HELP = (
     "review's loss); negative = *harmful*. Blue is helpful, red is harmful."
 )
 LAYER_GROUPS = ("ffn", "attention", "head", "all")
+UNITS = {"loss": "Δ loss if removed", "raw": "raw influence"}
 DAMPING_CHOICES = {
     "absolute": (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),
     "relative": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
@@ -100,10 +102,22 @@ class Frame:
     analysis: Analysis | None = None
     k: int = 0
     layers: list[str] = field(default_factory=list)
+    unit: str = "loss"  # "loss": predicted change in test loss if the training review were removed; "raw"
 
     @property
     def damping(self) -> float:
         return self.analysis.dampings[self.k] if self.analysis else float("nan")
+
+    @property
+    def scale(self) -> float:
+        """Multiply a raw influence by this to show it in the chosen unit (see :func:`explorer.trust.predicted_loss_change`)."""
+        if self.unit == "raw" or self.analysis is None:
+            return 1.0
+        return predicted_loss_change(1.0, len(self.analysis.train))
+
+    @property
+    def unit_label(self) -> str:
+        return "Δ test loss if removed" if self.unit == "loss" else "influence"
 
 
 def ensure_frame() -> None:
@@ -346,6 +360,14 @@ def _view_controls(out: Frame) -> None:
         placeholder=f"all {len(layers)} layers", help="Influence is summed over these layers (all when empty).",
     )
     out.layers = picked or layers
+    unit = st.radio(
+        "Scores shown as", list(UNITS), format_func=UNITS.get, key="view_unit", bind="query-params",
+        help=f"{UNITS['loss']}: the first-order change in the test review's loss if that training review were removed "
+             f"and the model retrained, i.e. the influence divided by the {len(analysis.train)} analysed training "
+             "reviews (positive: the loss would rise, so the review helped). The Trust page measures how well such "
+             "predictions hold up when retraining for real. Raw: the influence itself.",
+    )
+    out.unit = unit or "loss"
 
 
 def short_layer(name: str) -> str:

@@ -48,7 +48,8 @@ with st.container(border=True):
                 f"({probs[pred]:.1%}, {verdict})")
     st.html(text_html(analysis.test["text"].iloc[q]))
 
-row = analysis.influence(out.k, out.layers, relative=relative)[q]
+row = analysis.influence(out.k, out.layers, relative=relative)[q] * (1.0 if relative else out.scale)
+unit = "relative influence" if relative else out.unit_label
 
 order = np.argsort(-row)
 helpful = [int(j) for j in order[:n_show] if row[j] > 0]
@@ -58,7 +59,7 @@ names = [f"+ #{j}" for j in helpful] + [f"− #{j}" for j in harmful]
 hover = analysis.train_hover()
 common.figure(
     figures.influence_bars(row[helpful + harmful], names, [hover[j] for j in helpful + harmful],
-                           title="Most helpful and most harmful training reviews"),
+                           title="Most helpful and most harmful training reviews", axis_title=unit),
     f"explain_test_{q}", key="ex_bars",
 )
 
@@ -82,9 +83,14 @@ def token_scores(analysis_key: str, damping: float, q: int, m: int, layers: tupl
 def card(j: int, kind: str):
     """Draw one training review as plain text now; return the slot its highlighted version replaces later."""
     train = analysis.train
+    if relative or out.unit == "raw":
+        score = f"{unit} **{row[j]:.4g}**"
+    else:  # d(-log p) = -dp / p: the probability of the test review's label moves by about -p * change in loss
+        score = (f"removing it: loss **{row[j]:+.3g}**, P({analysis.name(label)}) "
+                 f"**{-probs[label] * row[j] * 100:+.2g} pt**")
     with st.container(border=True):
         st.markdown(
-            f"**{kind} · training review #{j}** · score **{row[j]:.4g}** · label {analysis.name(train['label'].iloc[j])}"
+            f"**{kind} · training review #{j}** · {score} · label {analysis.name(train['label'].iloc[j])}"
             f" · predicted {analysis.name(analysis.train_pred[j])} · row {int(train['row_id'].iloc[j])}"
         )
         slot = st.empty()
@@ -119,7 +125,7 @@ if highlight and slots:
             (analysis.test["text"].iloc[q], label), (analysis.train["text"].iloc[j], int(analysis.train["label"].iloc[j])),
         )
         # relative influence divides the card's score by sqrt(I(q, q) I(m, m)); its tokens are divided alike
-        denominator = float(np.sqrt(max(self_test * self_train[j], 0.0))) if relative else 1.0
+        denominator = float(np.sqrt(max(self_test * self_train[j], 0.0))) if relative else 1.0 / out.scale
         pieces[j] = display_tokens(tokens, scores, pooled=pooled, denominator=denominator)
     scale = shared_scale(list(pieces.values()))
     for j, slot in slots.items():

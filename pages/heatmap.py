@@ -25,7 +25,9 @@ col_order = c3.selectbox("Order training reviews", ["none", "sort", "cluster"], 
 max_cols = c4.number_input("Training reviews shown", 10, 2000, 200, step=50, key="hm_max", bind="query-params",
                            help="The columns with the largest total |influence| are kept, for a readable figure.")
 
-matrix = analysis.influence(out.k, out.layers, relative=score_kind == "relative")
+relative = score_kind == "relative"
+matrix = analysis.influence(out.k, out.layers, relative=relative) * (1.0 if relative else out.scale)
+unit = "relative" if relative else out.unit_label
 keep = np.sort(np.argsort(-np.abs(matrix).sum(axis=0))[: int(max_cols)])
 view = matrix[:, keep]
 rows = figures.order_indices(view, row_order, axis=0)
@@ -37,7 +39,7 @@ fig = figures.influence_heatmap(
     col_hover=[train_hover[keep[j]] for j in cols],
     row_names=[f"test {i}" for i in rows],
     col_names=[f"train {keep[j]}" for j in cols],
-    colorbar_title="relative" if score_kind == "relative" else "influence",
+    colorbar_title=unit,
 )
 notes = ["Colours saturate at the 95th percentile of |influence|; hover a cell for its exact value."]
 if len(keep) < matrix.shape[1]:
@@ -48,14 +50,14 @@ common.figure(fig, "influence_heatmap", key="heatmap")
 st.subheader("Most extreme pairs")
 st.caption("Select a row to read both reviews side by side (clicks on the heatmap itself do not reach the app).")
 pairs = views.top_pairs(matrix, 10)
-display = pairs.assign(
+display = pairs.rename(columns={"influence": unit}).assign(
     test_review=[analysis.test["text"].iloc[q][:120] for q in pairs["test"]],
     train_review=[analysis.train["text"].iloc[m][:120] for m in pairs["train"]],
     train_label=[analysis.name(analysis.train["label"].iloc[m]) for m in pairs["train"]],
 )
 selection = common.table(
     display, "extreme_pairs", key="pairs", on_select="rerun", selection_mode="single-row",
-    column_config={"influence": st.column_config.NumberColumn(format="%.4g")},
+    column_config={unit: st.column_config.NumberColumn(format="%.4g")},
 )
 picked = selection.selection.rows if selection is not None and hasattr(selection, "selection") else []
 pick = (int(pairs["test"].iloc[picked[0]]), int(pairs["train"].iloc[picked[0]])) if picked else None
@@ -76,7 +78,11 @@ with s2:
 if q is not None and m is not None:
     value = matrix[q, m]
     verdict = "helpful" if value > 0 else "harmful" if value < 0 else "neutral"
-    st.markdown(f"Influence of training review #{m} on test review #{q}: **{value:.4g}** ({verdict}).")
+    if relative or out.unit == "raw":
+        st.markdown(f"{unit.capitalize()} of training review #{m} on test review #{q}: **{value:.4g}** ({verdict}).")
+    else:
+        st.markdown(f"Removing training review #{m} would change the loss of test review #{q} by **{value:+.3g}** "
+                    f"(predicted; {verdict}).")
     left, right = st.columns(2)
     with left, st.container(border=True):
         st.markdown(f"**Test review #{q}** · label {analysis.name(analysis.test['label'].iloc[q])} · "

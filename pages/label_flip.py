@@ -63,6 +63,7 @@ else:
         st.stop()
     after = job.result
     method = "recomputed"
+before, after = before * out.scale, after * out.scale  # the sidebar's unit (overlaps and signs do not change)
 
 TOP_K = min(10, n_train)
 overlap = views.top_k_overlap(before, after, TOP_K)
@@ -91,6 +92,7 @@ common_args = {
     "row_hover": [test_hover[i] for i in rows],
     "col_hover": [train_hover[j] + (" · label flipped" if flip[j] else "") for j in cols_shown],
     "col_names": col_names,
+    "colorbar_title": out.unit_label,
 }
 st.caption("Columns marked ⇄ are flipped; both heatmaps share one colour scale. Up to 60 flipped and the most "
            "influential other training reviews are shown.")
@@ -104,7 +106,7 @@ with right:
 difference = after - before
 common.figure(
     figures.influence_heatmap(difference[np.ix_(rows, cols_shown)], title="Difference (corrupted − original)",
-                              colorbar_title="change", **common_args),
+                              **{**common_args, "colorbar_title": f"change in {out.unit_label}"}),
     "flip_difference", key="fl_diff",
 )
 common.figure(figures.before_after_scatter(before, after, flip, title="Before vs after, every pair"),
@@ -113,8 +115,8 @@ common.figure(figures.before_after_scatter(before, after, flip, title="Before vs
 st.subheader("Flipped reviews")
 flipped_idx = np.flatnonzero(flip)
 frame = common.reviews_table(analysis, "train", flipped_idx)
-frame["mean influence before"] = before[:, flipped_idx].mean(axis=0)
-frame["mean influence after"] = after[:, flipped_idx].mean(axis=0)
+frame[f"mean {out.unit_label} before"] = before[:, flipped_idx].mean(axis=0)
+frame[f"mean {out.unit_label} after"] = after[:, flipped_idx].mean(axis=0)
 frame[f"top-{TOP_K} helper for, before"] = views.helper_counts(before, flipped_idx, TOP_K)
 frame[f"top-{TOP_K} helper for, after"] = views.helper_counts(after, flipped_idx, TOP_K)
 common.table(pd.DataFrame(frame), "flipped_reviews", key="fl_table")

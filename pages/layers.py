@@ -25,17 +25,18 @@ n_bars = c2.number_input("Training reviews", 5, 200, 30, step=5, key="ly_n", bin
                          help="The training reviews with the largest total |influence| on this test review.")
 q = int(q or 0)
 
-total = analysis.influence(out.k, layers)[q]
+total = analysis.influence(out.k, layers)[q] * out.scale
 top = np.argsort(-np.abs(total))[: int(n_bars)]
 top = top[np.argsort(-total[top])]  # most helpful on the left, most harmful on the right
-by_layer = {name: scores.pairwise[out.k, scores.layers.index(name), q, top] for name in layers}
+by_layer = {name: scores.pairwise[out.k, scores.layers.index(name), q, top] * out.scale for name in layers}
 hover = analysis.train_hover()
 
 st.subheader("Layerwise influence on one test review")
 st.caption("One row per layer, one column per training review (most helpful on the left); the columns add up to "
            "the review's total influence.")
 common.figure(
-    figures.layerwise_bars(by_layer, names=[f"#{j}" for j in top], hover=[hover[j] for j in top]),
+    figures.layerwise_bars(by_layer, names=[f"#{j}" for j in top], hover=[hover[j] for j in top],
+                           colorbar_title=out.unit_label),
     f"layerwise_test_{q}", key="ly_bars",
 )
 
@@ -52,13 +53,13 @@ st.subheader("Per-layer heatmap")
 layer = st.selectbox("Layer", ["(choose a layer)", *layers], format_func=lambda n: n if n.startswith("(") else common.short_layer(n),
                      key="ly_layer", bind="query-params")
 if layer and not layer.startswith("("):
-    matrix = scores.pairwise[out.k, scores.layers.index(layer)]
+    matrix = scores.pairwise[out.k, scores.layers.index(layer)] * out.scale
     keep = np.sort(np.argsort(-np.abs(matrix).sum(axis=0))[:200])
     test_hover = analysis.test_hover()
     common.figure(
         figures.influence_heatmap(
             matrix[:, keep], row_hover=test_hover, col_hover=[hover[j] for j in keep],
-            col_names=[f"train {j}" for j in keep], title=common.short_layer(layer),
+            col_names=[f"train {j}" for j in keep], title=common.short_layer(layer), colorbar_title=out.unit_label,
         ),
         "layer_heatmap", key="ly_heat",
     )

@@ -66,8 +66,10 @@ with c2:
     m = common.url_choice(st.selectbox, "Training review", range(scores.n_train), key="rg_m", default=default_m,
                           format_func=lambda j: common.review_label(analysis, "train", j))
 q, m = int(q or 0), int(m or 0)
-series = {"total": [scores.total(k, out.layers)[q, m] for k in range(len(analysis.dampings))]}
+series = {"total": [scores.total(k, out.layers)[q, m] * out.scale for k in range(len(analysis.dampings))]}
 if len(out.layers) <= 16:
     for name in out.layers:
-        series[name] = [scores.pairwise[k, scores.layers.index(name), q, m] for k in range(len(analysis.dampings))]
-common.figure(figures.damping_curve(analysis.dampings, series, chosen=out.damping), "damping_curve", key="rg_curve")
+        series[name] = [scores.pairwise[k, scores.layers.index(name), q, m] * out.scale
+                        for k in range(len(analysis.dampings))]
+common.figure(figures.damping_curve(analysis.dampings, series, chosen=out.damping, axis_title=out.unit_label),
+              "damping_curve", key="rg_curve")

@@ -16,7 +16,7 @@ st.caption("Five short steps through this analysis, for anyone: no maths needed.
 
 out, analysis = common.require_analysis()
 scores = analysis.scores
-matrix = analysis.influence(out.k, out.layers)
+matrix = analysis.influence(out.k, out.layers) * out.scale
 train, test = analysis.train, analysis.test
 self_influence = scores.self_total(out.k, out.layers)
 suspicion = np.argsort(-self_influence, kind="stable")  # the report's table of suspects (by self-influence)
@@ -71,7 +71,8 @@ elif index == 1:
                 "this review. Positive (blue) helped; negative (red) hurt.")
     top = story.bars
     hover = analysis.train_hover()
-    common.figure(figures.influence_bars(matrix[victim, top], [f"#{j}" for j in top], [hover[j] for j in top]),
+    common.figure(figures.influence_bars(matrix[victim, top], [f"#{j}" for j in top], [hover[j] for j in top],
+                                         axis_title=out.unit_label),
                   "tour_why", key="tour_bars")
     left, right = st.columns(2)
     with left:
@@ -98,26 +99,27 @@ elif index == 3:
     harmed = int((row < 0).sum())
     st.markdown(
         f"Training review #{suspect} is **harmful for {harmed} of {scores.n_test} test reviews**. The most harmed is "
-        f"test review #{victim} from step 1 (influence {number(row[victim])})."
+        f"test review #{victim} from step 1 ({out.unit_label}: {number(row[victim])})."
     )
     worst = np.argsort(row)[:10]
     hover = analysis.test_hover()
     common.figure(figures.influence_bars(row[worst], [f"test #{i}" for i in worst], [hover[i] for i in worst],
-                                         title=f"Training review #{suspect} on the test reviews it harms most"),
+                                         title=f"Training review #{suspect} on the test reviews it harms most",
+                                         axis_title=out.unit_label),
                   "tour_harm", key="tour_harm")
 else:
     st.subheader("Fixing the label changes which predictions it helps")
     if binary:
         flip = np.zeros(scores.n_train, dtype=bool)
         flip[suspect] = True
-        after = scores.flipped(flip).total(out.k, out.layers)[:, suspect]
+        after = scores.flipped(flip).total(out.k, out.layers)[:, suspect] * out.scale
         before = matrix[:, suspect]
         turned = int(((before < 0) & (after > 0)).sum())
         soured = int(((before > 0) & (after < 0)).sum())
         st.markdown(
             f"With its label changed to *{analysis.name(1 - int(train['label'].iloc[suspect]))}*, review #{suspect} "
             f"turns from harmful to **helpful for {turned} test reviews** and from helpful to harmful for "
-            f"**{soured}**. On test review #{victim} its influence goes from {number(before[victim])} to "
+            f"**{soured}**. On test review #{victim} its {out.unit_label} goes from {number(before[victim])} to "
             f"**{number(after[victim])}**."
         )
         shown = np.argsort(-np.abs(before))[:15]
@@ -148,7 +150,7 @@ def report_html() -> bytes:
     confusion = np.zeros((n, n), dtype=int)
     np.add.at(confusion, (test["label"].to_numpy(), analysis.test_pred), 1)
     keep = np.sort(np.argsort(-np.abs(matrix).sum(axis=0))[:150])
-    pairs = views.top_pairs(matrix, 10)
+    pairs = views.top_pairs(matrix, 10).rename(columns={"influence": out.unit_label})
     pairs["test review"] = [test["text"].iloc[q][:200] for q in pairs["test"]]
     pairs["training review"] = [train["text"].iloc[m][:200] for m in pairs["train"]]
     suspects = common.reviews_table(analysis, "train", suspicion[:20], self_influence, "self-influence")
@@ -161,7 +163,8 @@ def report_html() -> bytes:
         ReportSection("Test × training influence", text="Columns: the 150 most influential training reviews.",
                       figure=figures.influence_heatmap(matrix[:, keep], row_hover=analysis.test_hover(),
                                                        col_hover=[analysis.train_hover()[j] for j in keep],
-                                                       col_names=[f"train {j}" for j in keep])),
+                                                       col_names=[f"train {j}" for j in keep],
+                                                       colorbar_title=out.unit_label)),
         ReportSection("Most extreme pairs", table=pairs),
         ReportSection("Layers' shares of |influence|", figure=figures.layer_share_figure(
             views.layer_shares(scores, out.k, out.layers))),

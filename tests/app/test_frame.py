@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from tests.app.conftest import new_app, no_exceptions
@@ -123,7 +124,16 @@ def test_pair_selection_opens_both_texts(computed):
     at.selectbox(key="hm_m").set_value(2).run()
     no_exceptions(at)
     assert at.query_params.get("hm_q") == "1" and at.query_params.get("hm_m") == "2"
-    assert any("Influence of training review #2 on test review #1" in m.value for m in at.markdown)
+    frame = _frame(at)
+    raw = frame.analysis.influence(frame.k, frame.layers)[1, 2]
+    # by default scores read as the predicted change in the test loss if the training review were removed
+    change = raw / len(frame.analysis.train)
+    assert frame.unit == "loss" and frame.scale == pytest.approx(1 / len(frame.analysis.train))
+    assert any(f"Removing training review #2 would change the loss of test review #1 by **{change:+.3g}**" in m.value
+               for m in at.markdown)
+    at.sidebar.radio(key="view_unit").set_value("raw").run()
+    no_exceptions(at)
+    assert any(f"Influence of training review #2 on test review #1: **{raw:.4g}**" in m.value for m in at.markdown)
 
 
 def test_marks_persist_across_reruns_and_sessions(computed):

@@ -46,14 +46,19 @@ def _overview(at, out, analysis):
 def _heatmap(at, out, analysis):
     pairs = views.top_pairs(analysis.influence(out.k, out.layers), 10)
     shown = at.dataframe(key="pairs").value
-    assert shown["influence"].iloc[0] == pytest.approx(pairs["influence"].iloc[0])
+    # shown as the predicted change in the test loss if the training review were removed: influence / n_train
+    n_train = analysis.scores.n_train
+    assert shown["Δ test loss if removed"].iloc[0] == pytest.approx(pairs["influence"].iloc[0] / n_train)
     assert (int(shown["test"].iloc[0]), int(shown["train"].iloc[0])) == (pairs["test"].iloc[0], pairs["train"].iloc[0])
 
 
 def _explain(at, out, analysis):
-    row = analysis.influence(out.k, out.layers)[0]  # the first test review is chosen by default
+    row = analysis.influence(out.k, out.layers)[0] / analysis.scores.n_train  # the first test review by default
     best = int(np.argmax(row))
-    assert f"training review #{best}** · score **{row[best]:.4g}**" in _markdown(at)
+    label = int(analysis.test["label"].iloc[0])
+    p_change = -analysis.scores.test_probs[0, label] * row[best] * 100
+    assert (f"training review #{best}** · removing it: loss **{row[best]:+.3g}**, "
+            f"P({analysis.name(label)}) **{p_change:+.2g} pt**") in _markdown(at)
 
 
 def _layers(at, out, analysis):
