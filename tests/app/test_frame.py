@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 
 from tests.app.conftest import new_app, no_exceptions
 
