@@ -57,7 +57,8 @@ def task_data(task: str, n_train: int, n_test: int, seed: int) -> tuple[pd.DataF
 def markdown(task: str, result, args, seconds: float) -> str:
     lines = [f"### LDS: {task}", "",
              f"{result.n_train} training, {result.n_test} test examples; {result.subsets} subsets of "
-             f"{result.fraction:g}; {result.seeds} seed(s); measure {result.measure}; recipe: {result.recipe}.", ""]
+             f"{result.fraction:g}; {result.seeds} seed(s); measure {result.measure}; recipe: {result.recipe}; "
+             f"damping: {result.damping_mode}{' (r x each layer mean eigenvalue)' if result.damping_mode == 'relative' else ''}.", ""]
     if result.ceiling is None:
         lines.append("Retraining-noise ceiling: not measured (one seed).")
     else:
@@ -87,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="ekfac,kfac,identity")
     parser.add_argument("--fishers", default="true,sampled,empirical")
     parser.add_argument("--dampings", default="1e-5,1e-4,1e-3,1e-2,1e-1,1")
+    parser.add_argument("--relative-damping", action="store_true",
+                        help="read --dampings as relative factors (r x each layer's mean eigenvalue)")
+    parser.add_argument("--index-projections", default="",
+                        help="comma-separated projection sizes of the gradient index to score too (needs ekfac)")
+    parser.add_argument("--no-relative", action="store_true", help="skip the relative-influence variants")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out-dir", default=str(RESULTS))
@@ -102,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(ModelSource("demo"))
     config = LDSConfig(subsets=args.subsets, fraction=args.fraction, seeds=args.seeds, subset_seed=args.seed,
                        methods=tuple(args.methods.split(",")), fishers=tuple(args.fishers.split(",")),
-                       dampings=tuple(float(d) for d in args.dampings.split(",")))
+                       dampings=tuple(float(d) for d in args.dampings.split(",")),
+                       relative_damping=args.relative_damping, relative=not args.no_relative,
+                       index_projections=tuple(int(k) for k in args.index_projections.split(",") if k.strip()))
     engine = EngineConfig(max_length=args.max_length, batch_size=args.batch_size)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     header = [f"# LDS benchmark ({stamp})", "", f"`python -m benchmarks.lds {shlex.join(sys.argv[1:] if argv is None else argv)}`",

@@ -16,7 +16,7 @@ import numpy as np
 
 from explorer.analysis import Analysis
 from explorer.spec import AnalysisSpec, Progress
-from explorer.store import ModelStore
+from explorer.store import INDEX_CONFIG, ModelStore
 from influence_core.cache import cache_dir
 from influence_core.lds import LDSConfig, LDSResult, run_lds
 
@@ -28,9 +28,11 @@ GUESS_RETRAIN_SECONDS = 0.5  # per head retrain
 
 
 def trust_config(spec: AnalysisSpec, subsets: int = DEFAULT_SUBSETS) -> LDSConfig:
-    """The LDS the app runs: ekfac, kfac and identity with the analysis's Fisher and damping grid, head recipe."""
+    """The LDS the app runs: ekfac, kfac, identity and the app's gradient index (projected at the app's size) with
+    the analysis's Fisher and damping grid, head recipe."""
     return LDSConfig(subsets=subsets, fishers=(spec.config.fisher,), dampings=tuple(spec.dampings),
-                     relative_damping=spec.damping_mode == "relative", bootstrap=500)
+                     relative_damping=spec.damping_mode == "relative", bootstrap=500,
+                     index_projections=(INDEX_CONFIG.projection,))
 
 
 def result_path(spec: AnalysisSpec) -> Path:

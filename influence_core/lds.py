@@ -48,6 +48,7 @@ from scipy import stats
 from influence_core.cache import cache_dir, stable_hash
 from influence_core.engine.batches import batches
 from influence_core.engine.config import EngineConfig, check_damping
+from influence_core.engine.index import GradientIndex, IndexConfig
 from influence_core.engine.influence import InfluenceEngine
 from influence_core.engine.layers import layer_groups
 from influence_core.engine.tracking import model_logits
@@ -103,6 +104,9 @@ class LDSConfig:
         dampings: Damping values scored for ``ekfac`` and ``kfac`` (all from one gradient pass).
         relative_damping: Read ``dampings`` as relative factors (``r x mean eigenvalue`` per layer).
         relative: Also score relative influence ``I(q,m) / sqrt(I(q,q) I(m,m))`` for every variant.
+        index_projections: Also score the training-gradient index (method ``index``, see
+            :class:`influence_core.engine.index.GradientIndex`) at each of these projection sizes, always projected
+            (never exact), on the EK-FAC factors of each Fisher, at every damping. Empty: no index variants.
         bootstrap: Bootstrap resamples of the test examples for the 95% interval.
         head: The head recipe's settings.
     """
@@ -118,6 +122,7 @@ class LDSConfig:
     dampings: tuple[float, ...] = DEFAULT_DAMPINGS
     relative_damping: bool = False
     relative: bool = True
+    index_projections: tuple[int, ...] = ()
     bootstrap: int = 1000
     head: HeadRecipe = field(default_factory=HeadRecipe)
 
@@ -144,6 +149,10 @@ class LDSConfig:
             raise ConfigError("ekfac and kfac need at least one Fisher and one damping value")
         for value in self.dampings:
             check_damping(value)
+        if any(int(k) < 1 for k in self.index_projections):
+            raise ConfigError(f"index projection sizes must be at least 1, got {list(self.index_projections)}")
+        if self.index_projections and "ekfac" not in self.methods:
+            raise ConfigError("the index variants use the EK-FAC factors: include ekfac in the methods")
         if self.head.steps < 1 or not self.head.l2 >= 0:
             raise ConfigError("the head recipe needs steps >= 1 and l2 >= 0")
 
@@ -642,6 +651,17 @@ def score_variants(model, tokenizer, engine_config: EngineConfig, train_texts, t
                     name = f"{method} {fisher}{' relative' if relative else ''} {damping:g}"
                     yield {"variant": name, "method": method, "fisher": fisher, "damping": float(damping),
                            "relative": relative, "scores": scores}
+            if method != "ekfac":
+                continue
+            for size in config.index_projections:
+                check()
+                index = GradientIndex.build(engine, train_texts, train_labels,
+                                            config=IndexConfig(projection=int(size), exact=False),
+                                            progress=stage(f"index k={size} ({fisher} Fisher)"))
+                estimates = index.estimates(test_texts, test_labels, dampings=dampings)  # [K, n_test, n_train]
+                for k, damping in enumerate(table.dampings):
+                    yield {"variant": f"index k={size} {fisher} {damping:g}", "method": "index", "fisher": fisher,
+                           "damping": float(damping), "relative": False, "scores": estimates[k]}
     if "identity" in config.methods:
         check()
         engine = InfluenceEngine(model, tokenizer, engine_config.replace(method="identity"))

@@ -33,7 +33,8 @@ with st.container(border=True):
     st.caption(
         f"Recipe: **head**. Only the classifier head (pooler and classifier) is retrained, on the encoder's frozen "
         f"features, so each retraining takes seconds; the scores checked are those of a head-trained twin of the "
-        f"model on its head layers, for ekfac, kfac and identity at the analysis's damping values. "
+        f"model on its head layers, for ekfac, kfac, identity and the app's gradient index (index k=…, its projected "
+        f"estimates of ekfac) at the analysis's damping values. "
         f"{int(subsets)} retrainings on {n_train} training and {n_test} test reviews: about "
         f"{cost.format_seconds(seconds)}. Finished retrainings are kept, so a cancelled run resumes."
     )
@@ -60,4 +61,13 @@ cols[2].metric("Retrainings", result.subsets)
 st.caption(f"Recipe used: {result.recipe}. Measure: test {result.measure}.")
 common.figure(figures.lds_bars(result.table, ceiling=None if result.ceiling is None else result.ceiling.lds),
               "lds", key="trust_bars")
+index_rows = result.table[result.table["method"] == "index"]
+if len(index_rows):
+    exact_rows = result.table[(result.table["method"] == "ekfac") & ~result.table["relative"].astype(bool)]
+    pair = index_rows.merge(exact_rows, on=["fisher", "damping"], suffixes=("_index", "_exact"))
+    if len(pair):
+        top = pair.loc[pair["lds_exact"].idxmax()]
+        st.caption(f"The gradient index behind instant questions ({top['variant_index']}): LDS "
+                   f"{top['lds_index']:.3f} against {top['lds_exact']:.3f} for the exact EK-FAC scores at the same "
+                   f"damping: what the compression costs in trust.")
 common.table(result.table, "lds", key="trust_table")

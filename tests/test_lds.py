@@ -131,3 +131,26 @@ def test_the_cli_writes_one_row_per_variant(tmp_path, tokenizer, capsys):
     assert list(table["variant"]) == ["kfac true 0.001", "kfac true relative 0.001", "identity", "identity relative",
                                       "random"]
     assert "recipe: head" in printed and "ceiling" in printed
+
+
+def test_index_variants_score_the_index_estimates_and_match_ekfac_when_nothing_is_projected(tokenizer):
+    from influence_core.lds import score_variants
+    from tests.conftest import tiny_bert
+
+    train, train_y = reviews(20, 0)
+    test, test_y = reviews(4, 1)
+    engine_config = EngineConfig(layers="head", dtype="float64", max_length=16)
+    config = LDSConfig(subsets=3, methods=("ekfac",), dampings=(1e-3, 1e-2), relative=False,
+                       index_projections=(4, 10_000))  # 10,000 keeps every side whole: the exact gradients
+    variants = {v["variant"]: v for v in score_variants(tiny_bert(), tokenizer, engine_config, train, train_y, test,
+                                                        test_y, config=config)}
+    assert set(variants) == {"ekfac true 0.001", "ekfac true 0.01", "index k=4 true 0.001", "index k=4 true 0.01",
+                             "index k=10000 true 0.001", "index k=10000 true 0.01"}
+    for damping in ("0.001", "0.01"):
+        exact, whole = variants[f"ekfac true {damping}"]["scores"], variants[f"index k=10000 true {damping}"]["scores"]
+        np.testing.assert_allclose(whole, exact, rtol=1e-5, atol=1e-8 * np.abs(exact).max())
+        small = variants[f"index k=4 true {damping}"]
+        assert small["method"] == "index" and small["scores"].shape == exact.shape
+        assert not np.allclose(small["scores"], exact)  # a real projection: an estimate, not the exact score
+    with pytest.raises(Exception, match="include ekfac"):
+        LDSConfig(methods=("kfac",), index_projections=(8,))

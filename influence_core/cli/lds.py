@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--methods", default="ekfac,kfac,identity", help="comma-separated: ekfac, kfac, identity")
     parser.add_argument("--fishers", default="true", help="comma-separated: true, sampled, empirical")
     parser.add_argument("--dampings", default="1e-5,1e-4,1e-3,1e-2,1e-1", help="comma-separated damping grid")
+    parser.add_argument("--index-projections", default="64",
+                        help="comma-separated projection sizes of the training-gradient index to score as well "
+                             "(method 'index', on the EK-FAC factors; when ekfac is among the methods); empty for none")
     parser.add_argument("--recipe", default="head", choices=["head", "finetune"],
                         help="head: retrain the classifier head on frozen features (seconds); finetune: the model's "
                              "recorded fine-tuning recipe (minutes per retrain)")
@@ -55,6 +58,17 @@ def _floats(text: str) -> tuple[float, ...]:
         raise ConfigError(f"--dampings must be numbers separated by commas, got {text!r}") from None
 
 
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    items = tuple(t.strip() for t in str(text).split(",") if t.strip())
+    try:
+        values = tuple(int(t) for t in items)
+    except ValueError:
+        raise ConfigError(f"--{what.replace(' ', '-')} must be whole numbers separated by commas, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise ConfigError(f"--{what.replace(' ', '-')} must be at least 1, got {text!r}")
+    return values
+
+
 def run(args: argparse.Namespace) -> int:
     from influence_core.cli.progress import Bar
     from influence_core.lds import HeadRecipe, LDSConfig, run_lds
@@ -63,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
                        recipe=args.recipe, measure=args.measure, methods=_list(args.methods, "methods"),
                        fishers=_list(args.fishers, "fishers"), dampings=_floats(args.dampings),
                        relative_damping=args.relative_damping is not None, relative=not args.no_relative,
-                       head=HeadRecipe(steps=args.head_steps, l2=args.head_l2))
+                       index_projections=_ints(args.index_projections, "index projections")
+                       if "ekfac" in _list(args.methods, "methods") else (), head=HeadRecipe(steps=args.head_steps, l2=args.head_l2))
     scoring = engine_config(args)
     out = check_out(args.out)
     train = read_examples(args.train, args)
