@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from influence_core.demo import load_model as load_any_model
-from influence_core.engine.config import EngineConfig
+from influence_core.engine.config import DEFAULT_RELATIVE_DAMPING, EngineConfig
 from influence_core.engine.influence import InfluenceEngine
 from influence_core.errors import DataError
 from influence_core.sources.data import align_labels, read_table, select_columns
@@ -24,10 +24,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", default="ffn,head", help="groups (ffn, attention, head, all) or module names")
-    parser.add_argument("--method", default="ekfac", choices=["ekfac", "kfac", "identity"])
-    parser.add_argument("--fisher", default="true", choices=["true", "sampled", "empirical"])
-    parser.add_argument("--damping", type=float, default=1e-5, help="absolute damping (default 1e-5)")
-    parser.add_argument("--relative-damping", type=float, default=None, help="damping = R x mean eigenvalue")
+    parser.add_argument("--method", default=EngineConfig.method, choices=["ekfac", "kfac", "identity"])
+    parser.add_argument("--fisher", default=EngineConfig.fisher, choices=["true", "sampled", "empirical"],
+                        help=f"labels the factors are fitted with (default {EngineConfig.fisher}, the LDS-best)")
+    parser.add_argument("--damping", type=float, default=None, help="absolute damping (instead of the relative default)")
+    parser.add_argument("--relative-damping", type=float, default=None,
+                        help=f"damping = R x each layer's mean eigenvalue (default {DEFAULT_RELATIVE_DAMPING:g}, the "
+                             "LDS-best, unless --damping is given)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
