@@ -71,7 +71,7 @@ def test_every_page_loads(page, app_server, path, title, shot):
 
 def test_heatmap_pair_from_the_url(page, app_server):
     open_page(page, app_server, "heatmap", f"{QUERY}&hm_q=1&hm_m=2&hm_rows=cluster")
-    page.get_by_text("Influence of training review #2 on test review #1").wait_for()
+    page.get_by_text("Removing training review #2 would change the loss of test review #1 by").wait_for()
     charts(page, 1)
     no_error_on_page(page)
 

@@ -56,10 +56,10 @@ def _analysis_folder(cache, n_train: int, n_test: int):
 
 
 def _top_score_text(page) -> str:
-    """The score on the first Helpful card of the Explain page."""
-    card = page.locator("p").filter(has_text=re.compile(r"Helpful · training review #\d+ · score")).first
+    """The score on the first Helpful card of the Explain page (the predicted change in loss if removed)."""
+    card = page.locator("p").filter(has_text=re.compile(r"Helpful · training review #\d+ · removing it: loss")).first
     card.wait_for()
-    return re.search(r"score ([-+0-9.e]+)", card.inner_text()).group(1)
+    return re.search(r"removing it: loss ([-+0-9.e]+)", card.inner_text()).group(1)
 
 
 def _explain_done(page, q: int) -> None:
