@@ -34,8 +34,9 @@ layers: the estimate's noise falls like ``d_eff / k`` (k = stored entries), so a
 ten times ``d_eff``. On the fine-tuned demo MiniLM (``ffn,head``, 1000 SST-2 rows) ``d_eff`` is about 1.5 million
 at damping 1e-5, 160 thousand at 1e-3 and 32 thousand at 1e-2; the defaults (``projection=64``, 4096 entries per
 layer, 108 kB per example in float16) give a median Pearson of 0.55 at 1e-5 (0.23 unwhitened), and
-``projection=128`` 0.78 at 1e-5, 0.95 at 1e-2 with ``whiten_eps=1`` (``benchmarks/index.py``). For small dampings
-prefer an exact index, or a larger rerank.
+``projection=128`` 0.78 at 1e-5, 0.95 at 1e-2 with ``whiten_eps=1`` (``benchmarks/index.py``); at the engine's
+default (relative damping 10) 0.68 and 0.85 (``benchmarks/INDEX.md``). For small dampings prefer an exact index,
+or a larger rerank.
 """
 
 from __future__ import annotations
