@@ -370,8 +370,9 @@ def _view_controls(out: Frame) -> None:
         "Scores shown as", list(UNITS), format_func=UNITS.get, key="view_unit", bind="query-params",
         help=f"{UNITS['loss']}: the first-order change in the test review's loss if that training review were removed "
              f"and the model retrained, i.e. the influence divided by the {len(analysis.train)} analysed training "
-             "reviews (positive: the loss would rise, so the review helped). The Trust page measures how well such "
-             "predictions hold up when retraining for real. Raw: the influence itself.",
+             "reviews (positive: the loss would rise, so the review helped). The Trust page measures how well their "
+             "ranking holds up when retraining for real; their size is an extrapolation that can overshoot by orders "
+             "of magnitude on a fine-tuned network. Raw: the influence itself.",
     )
     out.unit = unit or "loss"
 

@@ -85,9 +85,10 @@ def card(j: int, kind: str):
     train = analysis.train
     if relative or out.unit == "raw":
         score = f"{unit} **{row[j]:.4g}**"
-    else:  # d(-log p) = -dp / p: the probability of the test review's label moves by about -p * change in loss
-        score = (f"removing it: loss **{row[j]:+.3g}**, P({analysis.name(label)}) "
-                 f"**{-probs[label] * row[j] * 100:+.2g} pt**")
+    else:  # loss = -log p, so a change d in the loss takes p to p * exp(-d) (capped at 1)
+        after = min(1.0, float(probs[label] * np.exp(-row[j])))
+        score = (f"removing it: loss **{row[j]:+.3g}**, P({analysis.name(label)}) {probs[label]:.0%} → "
+                 f"**{after:.0%}**")
     with st.container(border=True):
         st.markdown(
             f"**{kind} · training review #{j}** · {score} · label {analysis.name(train['label'].iloc[j])}"
@@ -98,6 +99,11 @@ def card(j: int, kind: str):
     return slot
 
 
+if not relative and out.unit == "loss":
+    st.caption("Each card's numbers are the first-order prediction of what removing that one training review and "
+               "retraining would do. Their ranking is what the Trust page checks against real retraining (LDS); "
+               "their size is an extrapolation that can overshoot by orders of magnitude on a fine-tuned network, so "
+               "read large values as \"strongly\", and measure one with the counterfactual check (Mislabel finder).")
 slots = {}
 left, right = st.columns(2)
 with left:

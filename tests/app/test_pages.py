@@ -56,9 +56,10 @@ def _explain(at, out, analysis):
     row = analysis.influence(out.k, out.layers)[0] / analysis.scores.n_train  # the first test review by default
     best = int(np.argmax(row))
     label = int(analysis.test["label"].iloc[0])
-    p_change = -analysis.scores.test_probs[0, label] * row[best] * 100
+    p = analysis.scores.test_probs[0, label]
+    after = min(1.0, p * np.exp(-row[best]))  # the label's probability if the loss changed by row[best]
     assert (f"training review #{best}** · removing it: loss **{row[best]:+.3g}**, "
-            f"P({analysis.name(label)}) **{p_change:+.2g} pt**") in _markdown(at)
+            f"P({analysis.name(label)}) {p:.0%} → **{after:.0%}**") in _markdown(at)
 
 
 def _layers(at, out, analysis):
