@@ -83,6 +83,8 @@ if q is not None and m is not None:
     else:
         st.markdown(f"Removing training review #{m} would change the loss of test review #{q} by **{value:+.3g}** "
                     f"(predicted; {verdict}).")
+        st.caption("A first-order prediction: the Trust page measures how well such predictions rank what retraining "
+                   "does; their size can overshoot by orders of magnitude on a fine-tuned network.")
     left, right = st.columns(2)
     with left, st.container(border=True):
         st.markdown(f"**Test review #{q}** · label {analysis.name(analysis.test['label'].iloc[q])} · "
