@@ -240,7 +240,7 @@ def _analysis_controls() -> tuple[AnalysisSpec, int, int]:
         layers=layer_spec,
         method=method,
         fisher=fisher,
-        damping=float(damping) if mode == "absolute" else EngineConfig.damping,
+        damping=float(damping) if mode == "absolute" else None,
         relative_damping=float(damping) if mode == "relative" else None,
         max_length=int(max_length),
     )

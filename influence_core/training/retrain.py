@@ -583,14 +583,11 @@ class CounterfactualResult:
         """One row per retrain: ``model``, ``seed``, ``loss``, ``change`` (vs the full model of the same seed)."""
         rows = []
         for s, seed in enumerate(self.seeds):
-            full = self.losses_full[s]
-            rows.append(("full", seed, full))
-            rows.append((f"minus {self.k} most harmful", seed, self.losses_minus_harmful[s]))
-            rows += [(f"minus {self.k} random (draw {i + 1})", seed, loss)
-                     for i, loss in enumerate(self.losses_minus_random[s])]
-        full_by_seed = dict(zip(self.seeds, self.losses_full))
-        return pd.DataFrame([{"model": name, "seed": seed, "loss": loss, "change": loss - full_by_seed[seed]}
-                             for name, seed, loss in rows])
+            named = [("full", self.losses_full[s]), (f"minus {self.k} most harmful", self.losses_minus_harmful[s])]
+            named += [(f"minus {self.k} random (draw {i + 1})", loss) for i, loss in enumerate(self.losses_minus_random[s])]
+            rows += [{"model": name, "seed": seed, "loss": loss, "change": loss - self.losses_full[s]}
+                     for name, loss in named]
+        return pd.DataFrame(rows)
 
     def to_dict(self) -> dict:
         return {"test_text": self.test_text, "test_label": self.test_label, "k": self.k, "harmful": self.harmful,
