@@ -98,6 +98,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--whiten-exponent", type=float, default=None, help="default: IndexConfig's")
     parser.add_argument("--allocation", default=None, choices=["square", "proportional"],
                         help="default: IndexConfig's")
+    parser.add_argument("--basis", default=None, choices=["random", "eigen"], help="default: IndexConfig's")
+    parser.add_argument("--entries", default=None,
+                        help="eigen basis: entries per example to compare, e.g. 4096,16384,54018 (one build at the "
+                             "largest; each smaller index is its first columns); replaces --projections")
+    parser.add_argument("--plain-fit", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time a fit without the index (off: the index's share of the fit pass is timed "
+                             "inside it)")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the floor pass (forward and backward, no hooks) over the training rows")
+    parser.add_argument("--save", default=None, help="folder for the index, the exact scores and the queries")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,13 +124,17 @@ def main(argv: list[str] | None = None) -> dict:
                                                             batch_size=args.batch_size))
     sizes = [int(s) for s in args.projections.split(",")]
     extra = {key: value for key, value in (("whiten_exponent", args.whiten_exponent),
-                                           ("allocation", args.allocation)) if value is not None}
+                                           ("allocation", args.allocation), ("basis", args.basis))
+             if value is not None}
     result: dict = {"args": vars(args), "layers": engine.layers, "n_train": args.n_train,
                     "threads": torch.get_num_threads(), "projections": {}}
     encoded = engine.encode(texts, labels)
-    with engine.session(hooks=False):
-        result["floor_seconds"] = _floor_seconds(engine, encoded)
+    if args.floor:
+        with engine.session(hooks=False):
+            result["floor_seconds"] = _floor_seconds(engine, encoded)
 
+    if args.entries:
+        return _eigen_curve(args, engine, encoded, texts, labels, q_texts, q_labels, result, extra)
     start = time.perf_counter()
     engine.fit(encoded)
     result["fit_seconds"] = time.perf_counter() - start
@@ -163,10 +177,102 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def _eigen_curve(args, engine, encoded, texts, labels, q_texts, q_labels, result: dict, extra: dict) -> dict:
+    """One eigen index at the largest size; every smaller size is its first columns (entries are stored heaviest
+    first), so the whole agreement curve costs one build."""
+    from pathlib import Path
+
+    from influence_core.engine import index as index_module
+    from influence_core.engine.index import IndexConfig, fit_and_index
+
+    sizes = sorted(int(e) for e in args.entries.split(","))
+    extra = {**extra, "basis": "eigen"}
+    if args.plain_fit:
+        start = time.perf_counter()
+        engine.fit(encoded)
+        result["fit_seconds"] = time.perf_counter() - start
+    hook = index_module._Builder.absorb_fisher
+    spent = [0.0]
+
+    def timed(self, *a, **k):
+        begin = time.perf_counter()
+        hook(self, *a, **k)
+        spent[0] += time.perf_counter() - begin
+
+    index_module._Builder.absorb_fisher = timed
+    start = time.perf_counter()
+    try:
+        _, index = fit_and_index(engine, texts, labels, config=IndexConfig(
+            exact=False, dtype=args.dtype, entries=sizes[-1], **extra))
+    finally:
+        index_module._Builder.absorb_fisher = hook
+    result["fit_and_index_seconds"] = time.perf_counter() - start
+    result["index_share_of_fit_seconds"] = spent[0]
+    print(f"fit + index {result['fit_and_index_seconds']:.1f} s (index rows {spent[0]:.1f} s of it)", flush=True)
+    folder = Path(args.save) if args.save else None
+    if folder:
+        index.save(folder / "index")
+    start = time.perf_counter()
+    exact = engine.score(q_texts, q_labels, encoded, None, self_influence=False).total(0)
+    result["engine_score_seconds"] = time.perf_counter() - start
+    if folder:
+        np.save(folder / "exact.npy", exact)
+    print(f"exact engine scores {result['engine_score_seconds']:.1f} s", flush=True)
+    result["curve"] = _curve(index, q_texts, q_labels, exact, sizes, args.top, args.candidates)
+    result["latency"] = _latency(index, q_texts, q_labels, exact, args.top, args.candidates)
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    _write(result)
+    return result
+
+
+def _curve(index, q_texts, q_labels, exact: np.ndarray, sizes: list[int], top: int, candidates: int) -> dict:
+    """Agreement with the engine for the first ``e`` columns of the index, for each size ``e``."""
+    projected = index.query_rows(q_texts, q_labels)[0]
+    curve = {}
+    for e in sizes:
+        estimates = index.lookup(projected, entries=e)
+        curve[e] = {"bytes_per_example": e * index.rows.dtype.itemsize, **_agreement(estimates, exact, top, candidates)}
+        print(f"entries={e}: {json.dumps(curve[e])}", flush=True)
+    return curve
+
+
+def _latency(index, q_texts, q_labels, exact: np.ndarray, top: int, candidates: int) -> dict:
+    """The shipped query path at the index's full width: lookup alone (coarse pass + shortlist) and end to end
+    (tokenize, gradient, precondition, lookup, exact re-score), per query; and whether the re-ranked top equals
+    the engine's."""
+    from influence_core.engine.index import SHORTLIST_FACTOR
+
+    projected = index.query_rows(q_texts, q_labels)[0]
+    lookups = []
+    covered = {1: [], -1: []}
+    for q in range(len(q_texts)):
+        start = time.perf_counter()
+        shortlist = index.shortlist(projected[q:q + 1], candidates)[0]
+        lookups.append(time.perf_counter() - start)
+        for sign in (1, -1):
+            covered[sign].append(set(np.argsort(-sign * exact[q])[:top]) <= set(shortlist))
+    ends = []
+    for q in range(min(5, len(q_texts))):
+        start = time.perf_counter()
+        index.query(q_texts[q:q + 1], q_labels[q:q + 1], top=top, rerank=candidates)
+        ends.append(time.perf_counter() - start)
+    answer = index.query(q_texts, q_labels, top=top, rerank=candidates)
+    equal, same_set = _reranked_equal(answer, exact, top)
+    out = {"lookup_seconds_median": float(np.median(lookups)), "end_to_end_seconds_median": float(np.median(ends)),
+           "shortlist_factor": SHORTLIST_FACTOR, "exact_top_in_shortlist_helpful": float(np.mean(covered[1])),
+           "exact_top_in_shortlist_harmful": float(np.mean(covered[-1])), "rerank_top_equal": equal,
+           "rerank_top_same_set": same_set}
+    print(f"latency: {json.dumps(out)}", flush=True)
+    return out
+
+
 def _write(result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"index-{result['n_train']}-{time.strftime('%Y%m%d-%H%M%S')}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=jsonable) + "\n")
+    if "curve" in result:
+        _write_curve(stem, result)
+        return
     lines = [f"# Gradient index: {result['n_train']} SST-2 training sentences, {len(result['layers'])} layers",
              "", f"floor pass {result['floor_seconds']:.1f} s, fit {result['fit_seconds']:.1f} s, fit + index "
              f"{result['fit_and_index_seconds']:.1f} s, exact engine scores {result['engine_score_seconds']:.1f} s; "
@@ -178,6 +284,30 @@ def _write(result: dict) -> None:
                      f"{e['top_in_candidates']:.2f} / {e['helpful_in_candidates']:.2f} / "
                      f"{e['harmful_in_candidates']:.2f} | {e['rerank_top_equal']:.2f} / {e['rerank_top_same_set']:.2f} | "
                      f"{e['latency_one_query_seconds']:.2f} | {1000 * e['lookup_seconds']:.2f} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {stem}.json and .md")
+
+
+def _write_curve(stem, result: dict) -> None:
+    timing = [f"{name} {result[key]:.1f} s" for name, key in (
+        ("floor pass", "floor_seconds"), ("fit", "fit_seconds"), ("fit + index", "fit_and_index_seconds"),
+        ("index rows inside the fit pass", "index_share_of_fit_seconds"),
+        ("exact engine scores", "engine_score_seconds")) if key in result]
+    lat = result["latency"]
+    lines = [f"# Eigen gradient index: {result['n_train']} SST-2 training sentences, {len(result['layers'])} layers",
+             "", ", ".join(timing) + f"; peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB; "
+             f"{result['threads']} threads", "",
+             "| entries | bytes/example | median Pearson (min) | exact top-10 in top-100 (both / helpful / harmful) |",
+             "|---|---|---|---|"]
+    for e, c in result["curve"].items():
+        lines.append(f"| {e} | {c['bytes_per_example']} | {c['median_pearson']:.3f} ({c['min_pearson']:.3f}) | "
+                     f"{c['top_in_candidates']:.2f} / {c['helpful_in_candidates']:.2f} / "
+                     f"{c['harmful_in_candidates']:.2f} |")
+    lines += ["", f"Query path at the full width: lookup {1000 * lat['lookup_seconds_median']:.0f} ms (median), end "
+              f"to end {lat['end_to_end_seconds_median']:.2f} s (median of 5); exact top-10 inside the shortlist "
+              f"{lat['exact_top_in_shortlist_helpful']:.2f} helpful / {lat['exact_top_in_shortlist_harmful']:.2f} "
+              f"harmful; after the exact re-score the top-10 equal the engine's for {lat['rerank_top_equal']:.2f} "
+              f"(as sets {lat['rerank_top_same_set']:.2f})."]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {stem}.json and .md")
 

@@ -151,6 +151,7 @@ def test_index_variants_score_the_index_estimates_and_match_ekfac_when_nothing_i
         np.testing.assert_allclose(whole, exact, rtol=1e-5, atol=1e-8 * np.abs(exact).max())
         small = variants[f"index k=4 true {damping}"]
         assert small["method"] == "index" and small["scores"].shape == exact.shape
-        assert not np.allclose(small["scores"], exact)  # a real projection: an estimate, not the exact score
+        # a real compression: the eigen index drops entries, so it is close to the exact score but not equal to it
+        assert np.abs(small["scores"] - exact).max() > 1e-9 * np.abs(exact).max()
     with pytest.raises(Exception, match="include ekfac"):
         LDSConfig(methods=("kfac",), index_projections=(8,))

@@ -32,8 +32,13 @@ def add_parser(sub) -> None:
     parser.add_argument("--projection-size", type=int, default=IndexConfig.projection,
                         help="each layer keeps at most SIZE x SIZE projected entries (default "
                              f"{IndexConfig.projection})")
+    parser.add_argument("--basis", default=IndexConfig.basis, choices=["eigen", "random"],
+                        help="eigen: keep the entries of the largest eigenvalues, exactly (default); random: an "
+                             "unbiased random projection")
+    parser.add_argument("--entries", type=int, default=None,
+                        help="eigen basis: entries stored per example (default: as many as --projection-size gives)")
     parser.add_argument("--whiten-exponent", type=float, default=IndexConfig.whiten_exponent,
-                        help="whitening of the projections in the factors' eigenbasis, 0 to 1 (default "
+                        help="random basis: whitening of the projections in the factors' eigenbasis, 0 to 1 (default "
                              f"{IndexConfig.whiten_exponent}; 0 = none)")
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--exact", action="store_true", help="store exact per-example gradients (no projection)")
@@ -58,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"the output folder {out.parent} does not exist; create it first")
     config = IndexConfig(projection=args.projection_size, exact=True if args.exact else False if args.projected
                          else None, memory_bytes=args.memory_mb * 1024**2, seed=args.seed, dtype=args.index_dtype,
-                         whiten_exponent=args.whiten_exponent)
+                         whiten_exponent=args.whiten_exponent, basis=args.basis, entries=args.entries)
     train = read_examples(args.train, args)
     loaded = load_model(args)
     engine = make_engine(args, loaded)

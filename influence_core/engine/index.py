@@ -1,42 +1,35 @@
 """GradientIndex: every training example's per-layer gradient stored once, so a new question costs one query gradient.
 
-For a tracked layer with per-example gradient ``DW_m = sum_t g_t a_t^T`` [out, in(+1)] (given label), the index
-row of training example ``m`` holds, per layer, the whitened projection
+For a tracked layer with per-example gradient ``DW_m = sum_t g_t a_t^T`` [out, in(+1)] (given label), the engine's
+influence of training example ``m`` on a query is ``<Q', U_G^T DW_m U_A>`` with the rotated, preconditioned query
+``Q' = (U_G^T DW_q U_A) / (L + damping)``. The index stores, per training example, a compressed form of the
+rotated gradients, in one of two bases:
 
-    R_m = P_out D_out U_G^T DW_m U_A D_in P_in^T = sum_t (M_out g_t) (M_in a_t)^T          [k_out, k_in]
+``eigen`` (the default): the entries ``(i, j)`` of ``U_G^T DW_m U_A`` with the largest K-FAC eigenvalue
+``lambda_G,i lambda_A,j`` relative to their layer's mean, chosen across all layers together, computed from the
+tokens as ``((g U_G[:, R])^T (a U_A[:, C]))[chosen]`` (``R``, ``C``: the rows and columns the chosen entries use;
+``DW_m`` is never formed). A query is ``Q'`` at the same entries, so the estimate is the engine's own score with
+the dropped entries left out: deterministic, and the score's variance sits mostly in the entries of the largest
+eigenvalues (see :class:`_EigenSelector`). Entries are stored heaviest first, so the first ``e`` columns are the
+index of ``e`` entries: a query scans a prefix of every row, then the whole width of a shortlist.
 
-with ``M_out = P_out D_out U_G^T`` and ``M_in = P_in D_in U_A^T`` (computed from the tokens; ``DW_m`` is never
-formed unless it is what is stored). ``U_G``, ``U_A`` are the factors' eigenvectors, ``D = diag((lambda + eps
-mean(lambda))^(-whiten_exponent))`` from the K-FAC eigenvalues of ``G`` and ``A`` (``eps = whiten_eps``; the
-identity method, or ``whiten_exponent=0``, has ``D = U = I``), and ``P_out`` [k_out, out], ``P_in`` [k_in,
-in(+1)] have iid ``N(0, 1/k)`` (or ``+-1/sqrt(k)``) entries, so ``E[P^T P] = I``. A query is projected as
-``P_out D_out^-1 (U_G^T Q U_A) D_in^-1 P_in^T``, where ``U_G^T Q U_A = (U_G^T DW_q U_A) / (L + damping)`` is the
-engine's rotated, preconditioned query, so that, the two projections being independent,
+``random``: the whitened Kronecker projection ``R_m = P_out D_out U_G^T DW_m U_A D_in P_in^T = sum_t (M_out g_t)
+(M_in a_t)^T`` [k_out, k_in] with ``M_out = P_out D_out U_G^T`` and ``M_in = P_in D_in U_A^T``, ``D =
+diag((lambda + eps mean(lambda))^(-whiten_exponent))`` from the K-FAC eigenvalues of ``G`` and ``A``, and ``P``
+with iid ``N(0, 1/k)`` (or ``+-1/sqrt(k)``) entries, so ``E[P^T P] = I``. A query is projected as ``P_out
+D_out^-1 Q' D_in^-1 P_in^T``, so that ``E <query block, R_m> = <Q', U_G^T DW_m U_A>``: an unbiased estimate. Each
+layer's block has at most ``projection**2`` entries (``allocation``: both sides ``projection``, or split in the
+ratio ``out : in``); a side no larger than needed is kept whole.
 
-    E <query block, R_m> = <U_G^T Q U_A, U_G^T DW_m U_A> = <Q, DW_m>,
+When every exact per-example gradient fits the memory budget (or ``exact=True``) the index is exact (``kind =
+"exact"``), else ``kind="projected"``. The rows depend on the model, the training data, the layers and the
+factors' eigenbases (the index refuses other factors), not on the damping: changing the damping re-preconditions
+only the queries. :meth:`GradientIndex.query` re-scores the index's best candidates with the engine itself, so
+the numbers shown are the engine's. **Positive = helpful**, as everywhere.
 
-an unbiased estimate of the engine's influence for any ``D``. **Positive = helpful**, as everywhere. The whitening
-balances the two sides (both then look like ``H^(-1/2)`` times a gradient): without it the preconditioned query
-is dominated by low-eigenvalue directions where the training gradients are tiny and the projection noise swamps
-the signal.
-
-Each layer's block has at most ``projection**2`` entries (``allocation``: both sides ``projection``, or split in
-the ratio ``out : in``); a side no larger than needed is kept whole (``M = I``, the query mapped back with ``U``)
-and hands the rest of the budget to the other side. When every exact per-example gradient fits the memory budget
-(or ``exact=True``) both sides are kept whole: the index is then exact (``kind="exact"``), else
-``kind="projected"``. The rows depend on the model, the training data, the layers and the factors' eigenbases
-(the index refuses other factors), not on the damping: changing the damping re-preconditions only the queries.
-:meth:`GradientIndex.query` takes the index's top candidates and re-scores them with the engine itself, so the
-numbers shown are the engine's.
-
-How good a projected index can be is set by the effective dimension ``sum L / (L + damping)`` of the tracked
-layers: the estimate's noise falls like ``d_eff / k`` (k = stored entries), so a Pearson of 0.95 needs ``k`` about
-ten times ``d_eff``. On the fine-tuned demo MiniLM (``ffn,head``, 1000 SST-2 rows) ``d_eff`` is about 1.5 million
-at damping 1e-5, 160 thousand at 1e-3 and 32 thousand at 1e-2; the defaults (``projection=64``, 4096 entries per
-layer, 108 kB per example in float16) give a median Pearson of 0.55 at 1e-5 (0.23 unwhitened), and
-``projection=128`` 0.78 at 1e-5, 0.95 at 1e-2 with ``whiten_eps=1`` (``benchmarks/index.py``); at the engine's
-default (relative damping 10) 0.68 and 0.85 (``benchmarks/INDEX.md``). For small dampings prefer an exact index,
-or a larger rerank.
+Measured on the fine-tuned demo MiniLM (``ffn,head``, 1,000 SST-2 rows, relative damping 10, 20 queries;
+``benchmarks/INDEX.md``): at 54,018 entries per example (the storage of ``projection=64``) the median per-query
+Pearson with the engine is 0.976 for ``eigen`` and 0.681 for ``random``; at 16,384 entries 0.929 for ``eigen``.
 """
 
 from __future__ import annotations
@@ -66,6 +59,9 @@ META_FILE = "index.json"
 FACTORS_FILE = "factors.safetensors"
 STORAGE = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
 Progress = Callable[[int, int, str], None]
+CHUNK_BYTES = 256 * 1024**2  # stored rows read per product
+COARSE_ENTRIES = 4096  # columns of the coarse first pass of an eigen index (its heaviest entries)
+SHORTLIST_FACTOR = 20  # rows the coarse pass keeps, per candidate asked for
 
 
 @dataclass(frozen=True)
@@ -101,6 +97,8 @@ class IndexConfig:
     allocation: str = "proportional"
     whiten_exponent: float = 0.5
     whiten_eps: float = 0.1
+    basis: str = "eigen"
+    entries: int | None = None
 
     def __post_init__(self) -> None:
         if self.projection < 1:
@@ -113,6 +111,10 @@ class IndexConfig:
             raise ConfigError(f"the whitening floor must be positive, got {self.whiten_eps}")
         if self.distribution not in ("gaussian", "rademacher"):
             raise ConfigError(f"unknown projection {self.distribution!r}: use gaussian or rademacher")
+        if self.basis not in ("random", "eigen"):
+            raise ConfigError(f"unknown index basis {self.basis!r}: use random or eigen")
+        if self.entries is not None and self.entries < 1:
+            raise ConfigError(f"the index needs at least 1 entry per example, got {self.entries}")
         if self.dtype not in STORAGE:
             raise ConfigError(f"unknown index dtype {self.dtype!r}: use float16, float32 or float64")
 
@@ -215,6 +217,82 @@ class _Projector:
             q = q @ n_in.T
         return q.reshape(*query.shape[:-1], -1)
 
+    def arrange(self, joined: torch.Tensor) -> torch.Tensor:
+        """Layer blocks joined in layer order are stored as they are."""
+        return joined
+
+
+class _EigenSelector:
+    """The ``eigen`` basis: the entries of every layer's rotated gradient ``U_G^T DW U_A`` whose eigenvalue is
+    largest relative to the layer's mean, chosen across all layers together and stored heaviest first.
+
+    ``L`` are K-FAC's eigenvalues ``lambda_G,i lambda_A,j``: they exist once the covariances are fitted, so the
+    index can ride on EK-FAC's eigenvalue pass, and they order the entries almost as well as the corrected ones
+    (median Pearson 0.973 against 0.976 at 54,018 entries, ``benchmarks/INDEX.md``). When both
+    gradients have the Fisher's variance ``L`` along an entry, that entry's term of the score has variance
+    ``(L / (L + damping))^2``; under the engine's relative damping (a multiple of each layer's mean ``L``) that is
+    increasing in ``L / mean(L)``, so the top ``width`` entries by ``L / mean(L)`` carry most of the score. The
+    entries of a layer lie in the rows ``R`` and columns ``C`` they use: a training row is ``((g U_G[:, R])^T
+    (a U_A[:, C]))[chosen]`` (the [R, C] block, from the tokens) and a query is its rotated, preconditioned gradient
+    at the same entries. The estimate is the engine's score with the dropped entries left out (deterministic; equal
+    to it when nothing is dropped). Entries are stored in decreasing weight, so the first ``e`` columns are the
+    index with budget ``e``: a prefix serves as a coarse first pass.
+    """
+
+    def __init__(self, meta: dict, dtype: torch.dtype, device, factors: Factors):
+        weights = {}
+        for name in meta["layers"]:
+            values = factors.layers[name].kfac_eigenvalues().to(torch.float64)
+            mean = float(values.mean())
+            weights[name] = values / mean if mean > 0 else torch.ones_like(values)
+        flat = torch.cat([w.reshape(-1) for w in weights.values()])
+        budget = min(int(meta["width"]), flat.numel())
+        keep = torch.zeros(flat.numel(), dtype=torch.bool)
+        keep[torch.topk(flat, budget).indices] = True
+        self.selection, self.layer_of = {}, []
+        position, kept_weights = 0, []
+        for number, name in enumerate(meta["layers"]):
+            weight = weights[name]
+            mask = keep[position:position + weight.numel()].reshape(weight.shape)
+            position += weight.numel()
+            rows = torch.nonzero(mask.any(dim=1)).reshape(-1)
+            cols = torch.nonzero(mask.any(dim=0)).reshape(-1)
+            chosen = torch.nonzero(mask[rows][:, cols].reshape(-1)).reshape(-1)
+            layer = factors.layers[name]
+            self.selection[name] = (
+                layer.g_eigvecs[:, rows].to(device=device, dtype=dtype),
+                layer.a_eigvecs[:, cols].to(device=device, dtype=dtype),
+                rows.to(device), cols.to(device), chosen.to(device))
+            kept_weights.append(weight[rows][:, cols].reshape(-1)[chosen])
+            self.layer_of += [number] * len(chosen)
+        # heaviest first (ties by position, so every process builds the same layout)
+        order = torch.sort(-torch.cat(kept_weights), stable=True).indices
+        self.order = order.to(device)
+        self.layer_of = np.asarray(self.layer_of, dtype=np.int64)[order.numpy()]
+        self.width = len(order)
+
+    def training_block(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        u_g, u_a, _, _, chosen = self.selection[name]
+        block = torch.matmul((g @ u_g).transpose(-1, -2), a @ u_a)  # [B, |R|, |C|]
+        return block.reshape(a.shape[0], -1)[:, chosen]
+
+    def query_block(self, name: str, query: torch.Tensor, out: int) -> torch.Tensor:
+        _, _, rows, cols, chosen = self.selection[name]
+        q = query.reshape(*query.shape[:-1], out, -1)
+        q = q.index_select(-2, rows).index_select(-1, cols)
+        return q.reshape(*query.shape[:-1], -1)[..., chosen]
+
+    def arrange(self, joined: torch.Tensor) -> torch.Tensor:
+        """Layer blocks joined in layer order -> the stored layout (heaviest entry first)."""
+        return joined[..., self.order]
+
+
+def _projector(meta: dict, dtype: torch.dtype, device, factors: Factors | None):
+    if meta.get("basis") == "eigen" and meta["kind"] == "projected" and factors is not None \
+            and meta.get("method") != "identity":
+        return _EigenSelector(meta, dtype, device, factors)
+    return _Projector(meta, dtype, device, factors)
+
 
 class GradientIndex:
     """Training gradients of one (model, factors, training data, layers), compressed; answers questions at once.
@@ -236,7 +314,7 @@ class GradientIndex:
         self.rows, self.meta, self.engine, self.scales = rows, meta, engine, scales
         self.train_texts = None if train_texts is None else list(train_texts)
         self.train_labels = None if train_labels is None else np.asarray(train_labels, dtype=np.int64)
-        self._projector: _Projector | None = None
+        self._projector: _Projector | _EigenSelector | None = None
 
     # ----------------------------------------------------------------- building
     @staticmethod
@@ -252,15 +330,24 @@ class GradientIndex:
         k = config.projection
         projected = {name: ([out, width] if exact else _block(out, width, k, config.allocation))
                      for name, (out, width) in shapes.items()}
+        width = sum(k_out * k_in for k_out, k_in in projected.values())
+        if not exact and config.basis == "eigen" and config.entries is not None:
+            width = min(config.entries, full)
+        kind = "exact" if exact or width == full else "projected"
+        if kind == "exact":
+            projected, width = shapes, full
         return {
             "format_version": INDEX_FORMAT,
-            "kind": "exact" if exact or projected == shapes else "projected",
+            "kind": kind,
+            "width": width,
+
             "layers": list(engine.layers),
             "shapes": shapes,
             "projected": projected,
             "projection_size": k,
             "seed": config.seed,
             "distribution": config.distribution,
+            "basis": config.basis,
             "dtype": config.dtype,
             "allocation": config.allocation,
             "whiten": {"exponent": config.whiten_exponent, "eps": config.whiten_eps, "eigenvalues": "kfac"},
@@ -406,9 +493,9 @@ class GradientIndex:
                 raise DataError("this index was built for other training data (texts or labels differ, hash "
                                 f"{meta['train_hash']}); rebuild the index for this training set")
 
-    def projector(self) -> _Projector:
+    def projector(self) -> _Projector | _EigenSelector:
         if self._projector is None:
-            self._projector = _Projector(self.meta, self.engine.config.torch_dtype, self.engine.config.device,
+            self._projector = _projector(self.meta, self.engine.config.torch_dtype, self.engine.config.device,
                                          self.engine.factors)
         return self._projector
 
@@ -418,11 +505,21 @@ class GradientIndex:
 
     # ----------------------------------------------------------------- questions
     def estimates(self, texts: Sequence[str] | Encoded, labels, *, dampings: Sequence[float] | None = None,
-                  chunk_rows: int = 16384) -> np.ndarray:
+                  entries: int | None = None, chunk_rows: int | None = None) -> np.ndarray:
         """Index estimates of the influence of every indexed training row on each query, [K, n_query, n_rows].
 
-        Exact (up to storage rounding) for ``kind="exact"``, unbiased otherwise; positive = helpful. ``dampings``
-        as in :meth:`InfluenceEngine.score` (default: the engine config's single value)."""
+        Exact (up to storage rounding) for ``kind="exact"``; for ``projected`` an unbiased estimate (``random``
+        basis) or the score restricted to the stored eigen-entries (``eigen`` basis; ``entries`` uses only the
+        first, heaviest ones). Positive = helpful. ``dampings`` as in :meth:`InfluenceEngine.score` (default: the
+        engine config's single value)."""
+        projected = self.query_rows(texts, labels, dampings=dampings)
+        k, n = projected.shape[:2]
+        out = self.lookup(projected.reshape(k * n, -1), entries=entries, chunk_rows=chunk_rows)
+        return out.reshape(k, n, -1)
+
+    def query_rows(self, texts: Sequence[str] | Encoded, labels, *,
+                   dampings: Sequence[float] | None = None) -> torch.Tensor:
+        """The queries in the index's layout, [K, n_query, width]: rotated, preconditioned, then compressed."""
         engine = self.engine
         values = engine.damping_values(dampings)
         test = engine.encode(texts, labels)
@@ -442,14 +539,55 @@ class GradientIndex:
             else:
                 query = query.unsqueeze(0).expand(k, -1, -1)
             blocks.append(projector.query_block(name, query, self.meta["shapes"][name][0]))
-        projected = torch.cat(blocks, dim=-1).reshape(k * n, -1)  # [K*n, width]
-        out = np.empty((k * n, self.rows.shape[0]))
-        for s in range(0, self.rows.shape[0], chunk_rows):
-            part = torch.from_numpy(np.array(self.rows[s:s + chunk_rows])).to(projected.device)
-            out[:, s:s + chunk_rows] = (projected @ part.to(projected.dtype).T).double().cpu().numpy()
+        return projector.arrange(torch.cat(blocks, dim=-1))  # [K, n, width]
+
+    def lookup(self, projected: torch.Tensor, *, rows: np.ndarray | None = None, entries: int | None = None,
+               chunk_rows: int | None = None) -> np.ndarray:
+        """``projected`` [Q, width] against the stored rows (all, or the training rows ``rows``), [Q, n].
+
+        The product runs in the storage precision (queries scaled to at most 1 first, so float16 cannot overflow)
+        and ``entries`` keeps only the first columns."""
+        width = self.rows.shape[1] if entries is None else max(1, min(int(entries), self.rows.shape[1]))
+        projected = projected[..., :width]
+        storage = torch.from_numpy(np.zeros(0, dtype=self.rows.dtype)).dtype
+        peak = projected.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        scaled = (projected / peak).to(storage)
+        selected = np.arange(self.rows.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+        chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (width * self.rows.dtype.itemsize))
+        out = np.empty((projected.shape[0], len(selected)))
+        for s in range(0, len(selected), chunk_rows):
+            picked = selected[s:s + chunk_rows]
+            if rows is None:
+                part = np.asarray(self.rows[picked[0]:picked[-1] + 1, :width])
+            else:
+                part = np.asarray(self.rows[picked, :width])
+            if not part.flags.writeable or not part.flags.c_contiguous:  # a slice of a read-only memory map
+                part = np.array(part)
+            part = torch.from_numpy(part).to(projected.device)
+            out[:, s:s + chunk_rows] = (scaled @ part.T).double().cpu().numpy()
+        out *= peak.double().cpu().numpy()
         if self.scales is not None:
-            out *= self.scales
-        return out.reshape(k, n, -1)
+            out *= self.scales[selected]
+        return out
+
+    def shortlist(self, projected: torch.Tensor, width: int) -> list[np.ndarray]:
+        """Per query [width]: the training rows of the ``width`` largest and smallest estimates, in one pass over
+        all rows when the index is small, else a coarse pass over the heaviest entries (``eigen`` basis) that keeps
+        ``SHORTLIST_FACTOR`` times as many rows, then the whole width on those."""
+        n_rows, n_cols = self.rows.shape
+        coarse_cols = COARSE_ENTRIES
+        keep = min(n_rows, SHORTLIST_FACTOR * width)
+        if self.meta.get("basis") != "eigen" or self.meta["kind"] != "projected" or n_cols <= 2 * coarse_cols \
+                or 2 * keep >= n_rows:
+            full = self.lookup(projected)
+            return [_extremes(row, np.arange(n_rows), width) for row in full]
+        coarse = self.lookup(projected, entries=coarse_cols)
+        picked = []
+        for q, row in enumerate(coarse):
+            near = _extremes(row, np.arange(n_rows), keep)
+            fine = self.lookup(projected[q:q + 1], rows=np.sort(near))[0]
+            picked.append(_extremes(fine, np.sort(near), width))
+        return picked
 
     def query(self, texts: Sequence[str], labels, *, top: int = 10, rerank: int = 100, damping: float | None = None,
               progress: Progress | None = None) -> pd.DataFrame:
@@ -471,24 +609,20 @@ class GradientIndex:
         if self.meta["rows"] != [0, self.meta["n_train"]]:
             raise DataError("this index is a shard; join every shard (GradientIndex.concatenate) before asking")
         dampings = None if damping is None else [damping]
-        estimates = self.estimates(texts, labels, dampings=dampings)[0]  # [n_query, n_train]
-        n_train = estimates.shape[1]
+        projected = self.query_rows(texts, labels, dampings=dampings)[0]  # [n_query, width]
+        n_train = self.rows.shape[0]
         top = min(top, n_train)
         records = []
         if rerank == 0:
-            for q, row in enumerate(estimates):
-                for direction, order in (("helpful", np.argsort(-row, kind="stable")),
-                                         ("harmful", np.argsort(row, kind="stable"))):
-                    records += [(q, direction, r + 1, int(m), float(row[m]), 0) for r, m in enumerate(order[:top])]
+            for q, rows in enumerate(self.shortlist(projected, top)):
+                row = self.lookup(projected[q:q + 1], rows=rows)[0]
+                for direction, order in (("helpful", np.lexsort((rows, -row))), ("harmful", np.lexsort((rows, row)))):
+                    records += [(q, direction, r + 1, int(rows[i]), float(row[i]), 0) for r, i in enumerate(order[:top])]
             return _frame(records)
         if self.train_texts is None or self.train_labels is None:
             raise DataError("re-scoring needs the training set: load the index with train_texts and train_labels")
         width = min(max(rerank, top), n_train)
-        candidates = []
-        for row in estimates:
-            helpful = np.argpartition(-row, width - 1)[:width]
-            harmful = np.argpartition(row, width - 1)[:width]
-            candidates.append(np.union1d(helpful, harmful))
+        candidates = self.shortlist(projected, width)
         union = np.unique(np.concatenate(candidates))
         table = self.engine.score(texts, labels, [self.train_texts[m] for m in union], self.train_labels[union],
                                   dampings=dampings, self_influence=False, progress=progress)
@@ -498,6 +632,14 @@ class GradientIndex:
             for direction, order in (("helpful", np.lexsort((mine, -values))), ("harmful", np.lexsort((mine, values)))):
                 records += [(q, direction, r + 1, int(mine[i]), float(values[i]), 1) for r, i in enumerate(order[:top])]
         return _frame(records)
+
+
+def _extremes(values: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
+    """The sorted union of the rows of the ``width`` largest and the ``width`` smallest ``values``."""
+    width = min(width, len(values))
+    helpful = np.argpartition(-values, width - 1)[:width]
+    harmful = np.argpartition(values, width - 1)[:width]
+    return rows[np.union1d(helpful, harmful)]
 
 
 def _block(out: int, width: int, k: int, allocation: str) -> list[int]:
@@ -544,9 +686,8 @@ class _Builder:
         })
         self.texts, self.labels, self.stop = texts, labels, stop
         self.factors = engine.factors
-        self._projector: _Projector | None = None
-        width = sum(k_out * k_in for k_out, k_in in self.meta["projected"].values())
-        self.rows = np.zeros((stop - start, width), dtype=STORAGE[config.dtype])
+        self._projector: _Projector | _EigenSelector | None = None
+        self.rows = np.zeros((stop - start, self.meta["width"]), dtype=STORAGE[config.dtype])
         self.scales = np.ones(stop - start, dtype=np.float32) if config.dtype == "float16" else None
         self.seen = np.zeros(stop - start, dtype=bool)
 
@@ -555,11 +696,11 @@ class _Builder:
         if self._projector is None:
             if self.meta["method"] != "identity" and self.factors is None:
                 raise FactorsError("no factors yet: fit the engine before building a gradient index")
-            self._projector = _Projector(self.meta, self.engine.config.torch_dtype, self.engine.config.device,
+            self._projector = _projector(self.meta, self.engine.config.torch_dtype, self.engine.config.device,
                                          self.factors)
         blocks = [self._projector.training_block(name, captures[name].a, gradients[name])
                   for name in self.engine.layers]
-        rows = torch.cat(blocks, dim=-1).double().cpu().numpy()
+        rows = self._projector.arrange(torch.cat(blocks, dim=-1)).double().cpu().numpy()
         if self.scales is not None:
             scale = np.abs(rows).max(axis=1)
             scale[scale == 0] = 1.0

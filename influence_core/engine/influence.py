@@ -32,6 +32,7 @@ from influence_core.engine.factors import Factors, LayerFactors, model_fingerpri
 from influence_core.engine.layers import select_layers
 from influence_core.engine.scores import ScoreTable
 from influence_core.engine.tracking import (
+    LayerCapture,
     LayerTracker,
     TermFn,
     analysis_mode,
@@ -48,6 +49,25 @@ Progress = Callable[[int, int, str], None]
 Texts = Sequence[str] | Encoded
 BatchHook = Callable[[Batch, torch.Tensor, dict], None]
 """``on_batch(batch, logits [B, C], captures)`` of a fitting pass."""
+
+
+TOKEN_ROUTE_QUERIES = 4  # up to this many preconditioned queries meet the training tokens directly
+
+
+def _original_scores(capture: LayerCapture, queries: torch.Tensor) -> torch.Tensor:
+    """``<Q_q, DW_b>`` for preconditioned queries [Q, out*in] in the parameter basis: [Q, B].
+
+    For a few queries ``sum_t (g_t^T Q) a_t`` is one large product over all tokens of the batch, much faster than
+    forming every ``DW_b = sum_t g_t a_t^T`` (a product over the short token axis) and costs the same.
+    """
+    a, g = capture.a, capture.g[0]  # [B, T, in(+1)], [B, T, out]
+    batch, tokens, out = g.shape
+    if queries.shape[0] > TOKEN_ROUTE_QUERIES:
+        gradient = torch.matmul(g.transpose(-1, -2), a).reshape(batch, -1)
+        return queries @ gradient.T
+    flat_a, flat_g = a.reshape(batch * tokens, -1), g.reshape(batch * tokens, out)
+    scores = [((flat_g @ q.reshape(out, -1)) * flat_a).sum(-1).reshape(batch, tokens).sum(-1) for q in queries]
+    return torch.stack(scores)
 
 
 def _given_labels(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -465,8 +485,7 @@ class InfluenceEngine:
             for i, name in enumerate(layers):
                 weight, query = weights[name], queries[name]
                 if routes[name] == "original":
-                    gradient = rotate(captures[name], None, dtype)[0].reshape(b, -1)
-                    scores = (query.reshape(k * n_q, -1) @ gradient.T).reshape(k, n_q, b)
+                    scores = _original_scores(captures[name], query.reshape(k * n_q, -1)).reshape(k, n_q, b)
                     block[:, i][:, :, batch.index] = scores.double().cpu().numpy()
                     continue
                 rotated = rotate(captures[name], rotations[name], dtype)[0].reshape(b, -1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from influence_core import EngineConfig, InfluenceEngine
 from influence_core.engine.index import GradientIndex, IndexConfig, fit_and_index
@@ -64,7 +65,7 @@ def test_projected_scores_are_unbiased(method, exponent, tokenizer, texts, label
     draws = []
     for seed in range(300):
         config = IndexConfig(projection=3, exact=False, seed=seed, dtype="float64", whiten_exponent=exponent,
-                             distribution="rademacher" if seed % 2 else "gaussian")
+                             distribution="rademacher" if seed % 2 else "gaussian", basis="random")
         index = GradientIndex.build(engine, texts, labels, config=config)
         assert index.meta["kind"] == "projected" and index.rows.shape == (len(texts), 9)
         draws.append(index.estimates(texts[:2], labels[:2])[0])
@@ -73,6 +74,78 @@ def test_projected_scores_are_unbiased(method, exponent, tokenizer, texts, label
     stderr = draws.std(0) / np.sqrt(len(draws))
     assert (error <= 4.5 * stderr + 1e-12).all()
     assert np.abs(draws[0] - exact).max() > 5 * error.max()  # one draw is noisy; the mean is not
+
+
+@pytest.mark.parametrize("method", ["ekfac", "kfac"])
+def test_an_eigen_index_is_the_engine_score_on_its_heaviest_entries(method, tokenizer, texts, labels):
+    """Dense reference: rotate the exact per-example gradients, keep the entries of the largest K-FAC eigenvalue
+    (relative to each layer's mean, across layers), and sum the preconditioned products there."""
+    engine = _fitted(tokenizer, texts, model=TinyMLP(), layers="hidden,head", method=method)
+    entries = 12
+    index = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=False, entries=entries,
+                                                                          dtype="float64"))
+    assert index.meta["kind"] == "projected" and index.meta["basis"] == "eigen"
+    assert index.rows.shape == (len(texts), entries)
+    train = GradientIndex.build(engine, texts, labels, config=EXACT)  # plain per-example gradients
+    test = GradientIndex.build(engine, texts[:3], labels[:3], config=EXACT)
+    factors, expected, weights = engine.factors, 0.0, []
+    for name in engine.layers:
+        layer = factors.layers[name]
+        kfac = torch.outer(layer.g_eigvals, layer.a_eigvals)
+        weights.append((kfac / kfac.mean()).reshape(-1))
+    cutoff = torch.sort(torch.cat(weights), descending=True).values[entries - 1]
+    for number, name in enumerate(engine.layers):
+        layer, (start, stop) = factors.layers[name], _columns(train.meta, name)
+        out, width = train.meta["shapes"][name]
+
+        def rotated(rows):
+            grads = torch.from_numpy(np.asarray(rows[:, start:stop])).reshape(-1, out, width)
+            return layer.g_eigvecs.T @ grads @ layer.a_eigvecs
+
+        keep = (weights[number] >= cutoff).reshape(out, width)
+        lam = factors.eigenvalues(name, method) + DAMPING
+        expected = expected + torch.einsum("qij,mij->qm", rotated(test.rows) / lam * keep, rotated(train.rows))
+    _close(index.estimates(texts[:3], labels[:3])[0], expected.numpy(), 1e-9)
+    exact = engine.score(texts[:3], labels[:3], texts, labels, self_influence=False).total(0)
+    assert np.abs(index.estimates(texts[:3], labels[:3])[0] - exact).max() > 1e-6  # something was left out
+
+
+def _columns(meta, name):
+    start = 0
+    for other in meta["layers"]:
+        out, width = meta["shapes"][other]
+        if other == name:
+            return start, start + out * width
+        start += out * width
+    raise KeyError(name)
+
+
+def test_an_eigen_index_stores_its_heaviest_entries_first(tokenizer, texts, labels, monkeypatch):
+    """The first columns of a wide eigen index are the narrow one, and the coarse pass over them feeds the
+    shortlist that the exact re-score ranks."""
+    from influence_core.engine import index as index_module
+
+    engine = _fitted(tokenizer, texts, model=TinyMLP(), layers="hidden,head")
+    wide = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=False, entries=30, dtype="float64"))
+    narrow = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=False, entries=6, dtype="float64"))
+    np.testing.assert_allclose(wide.rows[:, :6], narrow.rows, rtol=1e-12)
+    _close(wide.estimates(texts[:2], labels[:2], entries=6), narrow.estimates(texts[:2], labels[:2]), 1e-12)
+    exact = engine.score(texts[:2], labels[:2], texts, labels, self_influence=False).total(0)
+    assert np.abs(wide.estimates(texts[:2], labels[:2])[0] - exact).max() < \
+        np.abs(narrow.estimates(texts[:2], labels[:2])[0] - exact).max()
+    monkeypatch.setattr(index_module, "COARSE_ENTRIES", 6)
+    monkeypatch.setattr(index_module, "SHORTLIST_FACTOR", 2)
+    projected = wide.query_rows(texts[:2], labels[:2])[0]
+    coarse = narrow.estimates(texts[:2], labels[:2])[0]
+    fine = wide.estimates(texts[:2], labels[:2])[0]
+    for q, got in enumerate(wide.shortlist(projected, 1)):
+        near = np.sort(np.union1d(np.argsort(-coarse[q])[:2], np.argsort(coarse[q])[:2]))
+        assert set(got) == {near[np.argmax(fine[q, near])], near[np.argmin(fine[q, near])]}
+    answer = wide.query(texts[:2], labels[:2], top=1, rerank=1)
+    for q, got in enumerate(wide.shortlist(projected, 1)):
+        rows = answer[answer["query"] == q].set_index("direction")
+        assert rows.loc["helpful", "train_row"] == got[np.argmax(exact[q, got])]
+        _close(rows["influence"].to_numpy(), exact[q, rows["train_row"].to_numpy()], 1e-9)
 
 
 def test_exact_rows_are_chosen_when_they_fit_the_budget(tokenizer, texts, labels):
@@ -91,9 +164,10 @@ def test_exact_rows_are_chosen_when_they_fit_the_budget(tokenizer, texts, labels
     assert small.bytes_per_example == small.rows.shape[1] * 4
 
 
-def test_a_sharded_build_equals_a_one_shot_build(tokenizer, texts, labels):
+@pytest.mark.parametrize("basis", ["eigen", "random"])
+def test_a_sharded_build_equals_a_one_shot_build(basis, tokenizer, texts, labels):
     engine = _fitted(tokenizer, texts)
-    config = IndexConfig(projection=4, exact=False, dtype="float64")
+    config = IndexConfig(projection=4, exact=False, dtype="float64", basis=basis)
     whole = GradientIndex.build(engine, texts, labels, config=config)
     seen = []
     parts = [GradientIndex.build(engine, texts, labels, config=config, start=s, stop=e,
@@ -108,15 +182,16 @@ def test_a_sharded_build_equals_a_one_shot_build(tokenizer, texts, labels):
         parts[0].query(texts[:1], labels[:1])
 
 
-@pytest.mark.parametrize("fisher,classes", [("true", 2), ("true", 3), ("empirical", 2)])
-def test_fit_and_index_rides_on_the_eigenvalue_pass(fisher, classes, tokenizer, texts, labels):
+@pytest.mark.parametrize("fisher,classes,basis", [("true", 2, "eigen"), ("true", 3, "random"),
+                                                  ("empirical", 2, "eigen")])
+def test_fit_and_index_rides_on_the_eigenvalue_pass(fisher, classes, basis, tokenizer, texts, labels):
     labels = [y if classes == 2 else i % 3 for i, y in enumerate(labels)]
     engine = _engine(tiny_bert(num_labels=classes), tokenizer, fisher=fisher)
     factors, riding = fit_and_index(engine, texts, labels, config=EXACT)
     separate = GradientIndex.build(engine, texts, labels, config=EXACT)
     _close(riding.rows, separate.rows, 1e-9)
     assert riding.meta["factors_fingerprint"] == separate.meta["factors_fingerprint"]
-    projected = IndexConfig(projection=3, exact=False, dtype="float64")  # whitened with the fresh factors
+    projected = IndexConfig(projection=3, exact=False, dtype="float64", basis=basis)  # with the fresh factors
     _, riding = fit_and_index(engine, texts, labels, config=projected)
     _close(riding.rows, GradientIndex.build(engine, texts, labels, config=projected).rows, 1e-9)
     reference = _engine(engine.model, tokenizer, fisher=fisher)
