@@ -210,7 +210,8 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
         k = table.damping_index(spec.chosen_damping)
         estimates = index.estimates(test["text"].tolist(), test["label"].to_numpy(), dampings=[table.dampings[k]])[0]
         agreement = index_agreement(estimates, table.total(k))
-        agreement.update(kind=index.meta["kind"], bytes_per_example=index.bytes_per_example)
+        agreement.update(kind=index.meta["kind"], bytes_per_example=index.bytes_per_example,
+                         basis=index.meta.get("basis", "random"), entries=int(index.rows.shape[1]))
     folder = analysis_dir(spec)
     table.save(folder / "scores.npz")
     _table_for_disk(train).to_parquet(folder / "train.parquet", index=False)

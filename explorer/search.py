@@ -56,3 +56,13 @@ def search_training(store: ModelStore, spec: AnalysisSpec, analysis: Analysis, t
     rows = rows.drop(columns="query").rename(columns={"train_row": "train"})
     return SearchResult(label=chosen, proba=proba, rows=rows, seconds=time.perf_counter() - started,
                         candidates=min(max(rerank, top), analysis.scores.n_train))
+
+
+def index_description(info: dict) -> str:
+    """How an analysis's index (``Analysis.meta["index"]``) compresses the training gradients, in words."""
+    if info.get("kind") == "exact":
+        return "the exact index (every training review's whole gradient)"
+    if info.get("basis") == "eigen":
+        return (f"the eigen index (each training review's gradient at its {info.get('entries', 0):,} entries of "
+                "largest curvature)")
+    return "the projected index (a random projection of each training review's gradient)"

@@ -105,7 +105,7 @@ if sentence.strip() and index_info:
                      f"{index_info['top']} among its {index_info['candidates']} candidates")
         show_result(result.label, result.proba, scores_by_train,
                     f"Answered in {result.seconds:.1f} s over all {analysis.scores.n_train} training reviews: the "
-                    f"{index_info['kind']} index proposed {result.candidates} per direction and the engine re-scored "
+                    f"{search.index_description(index_info)} proposed {result.candidates} per direction and the engine re-scored "
                     f"them exactly (all analysed layers, damping {out.damping:g}). {agreement}.")
 if sentence.strip() and result is None:
     estimate = cost.estimate_cost(out.spec, analysis.scores.n_train, 1)

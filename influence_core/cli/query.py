@@ -24,7 +24,11 @@ def add_parser(sub) -> None:
     parser.add_argument("--label-col", default="label", help="label column of --queries (default: label)")
     parser.add_argument("--top", type=int, default=10, help="rows per query and direction (default 10)")
     parser.add_argument("--rerank", type=int, default=100,
-                        help="index candidates re-scored exactly by the engine (default 100; 0 = index estimates)")
+                        help="index candidates per direction the engine may re-score exactly (default 100; 0 = "
+                             "index estimates)")
+    parser.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=True,
+                        help="re-score the best candidates first and then only those the index's measured error "
+                             "leaves in reach of the top (default); --no-adaptive re-scores all of them")
     damping = parser.add_mutually_exclusive_group()
     damping.add_argument("--damping", type=float, help="absolute damping (default: the index's)")
     damping.add_argument("--relative-damping", type=float, help="damping = R x mean eigenvalue")
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     train, queries = aligned(train, loaded), aligned(queries, loaded)
     index = GradientIndex.load(args.index, engine, train["text"].tolist(), train["label"].tolist())
     answer = index.query(queries["text"].tolist(), queries["label"].tolist(), top=args.top, rerank=args.rerank,
-                         progress=Bar("rerank"))
+                         adaptive=args.adaptive, progress=Bar("rerank"))
     answer.to_csv(out, index=False)
     what = f"re-scored by the engine from {args.rerank} candidates" if args.rerank else "index estimates"
     print(f"saved the top {args.top} helpful and harmful training rows for {len(queries)} queries to {out} ({what}; "

@@ -62,6 +62,8 @@ Progress = Callable[[int, int, str], None]
 CHUNK_BYTES = 256 * 1024**2  # stored rows read per product
 COARSE_ENTRIES = 4096  # columns of the coarse first pass of an eigen index (its heaviest entries)
 SHORTLIST_FACTOR = 20  # rows the coarse pass keeps, per candidate asked for
+FIRST_ROUND = 20  # candidates per side the adaptive re-score starts with
+MARGIN_SIGMAS = 4.0  # how far (in measured standard deviations) a skipped candidate's estimate must stay off the top
 
 
 @dataclass(frozen=True)
@@ -249,9 +251,9 @@ class _EigenSelector:
         budget = min(int(meta["width"]), flat.numel())
         keep = torch.zeros(flat.numel(), dtype=torch.bool)
         keep[torch.topk(flat, budget).indices] = True
-        self.selection, self.layer_of = {}, []
+        self.selection = {}
         position, kept_weights = 0, []
-        for number, name in enumerate(meta["layers"]):
+        for name in meta["layers"]:
             weight = weights[name]
             mask = keep[position:position + weight.numel()].reshape(weight.shape)
             position += weight.numel()
@@ -264,11 +266,9 @@ class _EigenSelector:
                 layer.a_eigvecs[:, cols].to(device=device, dtype=dtype),
                 rows.to(device), cols.to(device), chosen.to(device))
             kept_weights.append(weight[rows][:, cols].reshape(-1)[chosen])
-            self.layer_of += [number] * len(chosen)
         # heaviest first (ties by position, so every process builds the same layout)
         order = torch.sort(-torch.cat(kept_weights), stable=True).indices
         self.order = order.to(device)
-        self.layer_of = np.asarray(self.layer_of, dtype=np.int64)[order.numpy()]
         self.width = len(order)
 
     def training_block(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -590,12 +590,15 @@ class GradientIndex:
         return picked
 
     def query(self, texts: Sequence[str], labels, *, top: int = 10, rerank: int = 100, damping: float | None = None,
-              progress: Progress | None = None) -> pd.DataFrame:
+              adaptive: bool = True, progress: Progress | None = None) -> pd.DataFrame:
         """The ``top`` most helpful and most harmful training rows for each query.
 
-        The index proposes ``max(rerank, top)`` helpful and as many harmful candidates per query; the engine then
-        re-scores them exactly in one small pass (``exact = 1``) and they are ranked by those scores. ``rerank=0``
-        returns the index estimates (``exact = 0``). ``damping``: absolute, or relative when the engine's config is.
+        The index proposes ``max(rerank, top)`` helpful and as many harmful candidates per query; the engine
+        re-scores them exactly (``exact = 1``) and they are ranked by those scores. With ``adaptive`` the engine
+        first re-scores the best ``max(2 top, FIRST_ROUND)`` of each side, measures the index's error on them, and
+        then only the other candidates whose estimate, widened by that error, could still enter the top; without
+        it, every candidate in one pass. ``rerank=0`` returns the index estimates (``exact = 0``). ``damping``:
+        absolute, or relative when the engine's config is.
 
         Returns:
             One row per (query, direction, rank): ``query`` (0-based row of ``texts``), ``direction``
@@ -623,15 +626,56 @@ class GradientIndex:
             raise DataError("re-scoring needs the training set: load the index with train_texts and train_labels")
         width = min(max(rerank, top), n_train)
         candidates = self.shortlist(projected, width)
-        union = np.unique(np.concatenate(candidates))
-        table = self.engine.score(texts, labels, [self.train_texts[m] for m in union], self.train_labels[union],
-                                  dampings=dampings, self_influence=False, progress=progress)
-        exact = table.total(0)  # [n_query, n_union]
-        for q, mine in enumerate(candidates):
-            values = exact[q, np.searchsorted(union, mine)]
+        guesses = [self.lookup(projected[q:q + 1], rows=rows)[0] for q, rows in enumerate(candidates)]
+        sides = []  # per query: (helpful, harmful) candidate positions, best estimate first
+        for guess in guesses:
+            helpful, harmful = np.lexsort((np.arange(len(guess)), -guess)), np.lexsort((np.arange(len(guess)), guess))
+            sides.append((helpful[:width], harmful[:width]))
+        first = width if not adaptive else min(width, max(2 * top, FIRST_ROUND))
+        wanted = [np.union1d(h[:first], b[:first]) for h, b in sides]
+        exact = self._rescore(texts, labels, candidates, wanted, dampings, progress)
+        if adaptive and first < width:
+            more = [self._could_enter(guesses[q], exact[q], sides[q], top) for q in range(len(candidates))]
+            if any(len(m) for m in more):
+                extra = self._rescore(texts, labels, candidates, more, dampings, progress)
+                for q in range(len(candidates)):
+                    exact[q].update(extra[q])
+        for q, rows in enumerate(candidates):
+            positions = np.fromiter(exact[q], dtype=np.int64)
+            values = np.array([exact[q][i] for i in positions])
+            mine = rows[positions]
             for direction, order in (("helpful", np.lexsort((mine, -values))), ("harmful", np.lexsort((mine, values)))):
                 records += [(q, direction, r + 1, int(mine[i]), float(values[i]), 1) for r, i in enumerate(order[:top])]
         return _frame(records)
+
+    def _rescore(self, texts, labels, candidates: list[np.ndarray], wanted: list[np.ndarray], dampings,
+                 progress) -> list[dict[int, float]]:
+        """Exact engine scores of the ``wanted`` candidate positions of each query: ``{position: score}``."""
+        union = np.unique(np.concatenate([rows[w] for rows, w in zip(candidates, wanted)]))
+        if len(union) == 0:
+            return [{} for _ in candidates]
+        table = self.engine.score(texts, labels, [self.train_texts[m] for m in union], self.train_labels[union],
+                                  dampings=dampings, self_influence=False, progress=progress)
+        scores = table.total(0)  # [n_query, n_union]
+        return [{int(i): float(scores[q, np.searchsorted(union, rows[i])]) for i in w}
+                for q, (rows, w) in enumerate(zip(candidates, wanted))]
+
+    @staticmethod
+    def _could_enter(guess: np.ndarray, exact: dict[int, float], sides, top: int) -> np.ndarray:
+        """Candidates not yet re-scored whose estimate, widened by the error measured on the re-scored ones
+        (mean + ``MARGIN_SIGMAS`` standard deviations), could still reach the exact top of either side."""
+        done = np.fromiter(exact, dtype=np.int64)
+        values = np.array([exact[i] for i in done])
+        residual = values - guess[done]
+        margin = abs(float(residual.mean())) + MARGIN_SIGMAS * float(residual.std())
+        best, worst = np.sort(values)[::-1][:top], np.sort(values)[:top]
+        helpful, harmful = sides
+        more = set()
+        if len(best) == top:
+            more.update(int(i) for i in helpful if i not in exact and guess[i] + margin >= best[-1])
+        if len(worst) == top:
+            more.update(int(i) for i in harmful if i not in exact and guess[i] - margin <= worst[-1])
+        return np.array(sorted(more), dtype=np.int64)
 
 
 def _extremes(values: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -253,3 +254,34 @@ def test_float16_rows_keep_small_gradients(tokenizer, texts, labels, tmp_path):
     half.save(tmp_path / "half")
     loaded = GradientIndex.load(tmp_path / "half", engine, texts, labels)
     _close(loaded.estimates(texts[:2], labels[:2])[0], half.estimates(texts[:2], labels[:2])[0], 1e-12)
+
+
+def test_the_adaptive_rescore_skips_only_candidates_that_cannot_enter_the_top(tokenizer, texts, labels, monkeypatch):
+    """First the best of each side, then only what the measured error leaves in reach: with an exact index
+    nothing more is needed; with an unbounded margin everything is re-scored, as without ``adaptive``."""
+    from influence_core.engine import index as index_module
+
+    engine = _fitted(tokenizer, texts, model=TinyMLP(), layers="hidden,head")
+    monkeypatch.setattr(index_module, "FIRST_ROUND", 1)
+    scored = []
+    score = engine.score
+
+    def counting(*args, **kwargs):
+        scored.append(len(args[2]))
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "score", counting)
+    exact_index = GradientIndex.build(engine, texts, labels, config=EXACT)
+    answer = exact_index.query(texts[:1], labels[:1], top=1, rerank=len(texts))
+    truth = score(texts[:1], labels[:1], texts, labels, self_influence=False).total(0)[0]
+    assert scored == [4]  # the best two of each side (2 top); the exact estimates leave nothing else in reach
+    assert answer.set_index("direction").loc["helpful", "train_row"] == int(np.argmax(truth))
+    assert answer.set_index("direction").loc["harmful", "train_row"] == int(np.argmin(truth))
+
+    rough = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=False, entries=2))
+    monkeypatch.setattr(index_module, "MARGIN_SIGMAS", 1e9)
+    scored.clear()
+    wide = rough.query(texts[:2], labels[:2], top=1, rerank=len(texts))
+    assert len(scored) == 2 and scored[0] < len(texts)  # a first round, then the rest
+    plain = rough.query(texts[:2], labels[:2], top=1, rerank=len(texts), adaptive=False)
+    pd.testing.assert_frame_equal(wide, plain)
