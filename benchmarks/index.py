@@ -290,7 +290,7 @@ def reuse(folder: str, args) -> dict:
     engine = InfluenceEngine(model, tokenizer, EngineConfig(layers=args.layers, max_length=args.max_length,
                                                             batch_size=args.batch_size))
     index = GradientIndex.load(Path(folder) / "index", engine, train["sentence"].tolist(), train["label"].to_numpy())
-    index.rows = np.asarray(index.rows)  # into memory, as the app holds it
+    index.rows = np.array(index.rows)  # into memory, as the app holds it
     exact = np.load(Path(folder) / "exact.npy")
     q_texts, q_labels = dev["sentence"].tolist(), dev["label"].to_numpy()
     previous = json.loads((Path(folder) / "result.json").read_text()) if (Path(folder) / "result.json").is_file() \

@@ -87,6 +87,21 @@ def test_explain_highlights_tokens(page, app_server):
     screenshot(page, "03_explain")
 
 
+def test_explain_any_text_from_the_index(page, app_server):
+    open_page(page, app_server, "explain", f"{QUERY}&ex_source=Any+text+%28from+the+index%29")
+    page.get_by_text("Your review").first.wait_for()
+    box = page.get_by_label("Review to explain")
+    box.fill("A slow start, but the ending is wonderful.")
+    box.press("Control+Enter")
+    page.get_by_text("A slow start, but the ending is wonderful.").first.wait_for()
+    page.get_by_text("re-scored its best").first.wait_for()
+    expect(page.get_by_text("Helpful · training review #").first).to_be_visible()
+    page.locator(".ie-tokens span").first.wait_for(timeout=FIT_TIMEOUT_MS if REAL_MODEL else 120_000)
+    expect(page.get_by_text("Scoring tokens")).to_have_count(0, timeout=FIT_TIMEOUT_MS)
+    no_error_on_page(page)
+    screenshot(page, "03b_explain_any_text")
+
+
 def test_sidebar_choice_is_written_to_the_url(page, app_server):
     open_page(page, app_server, "", QUERY)
     sidebar = page.locator('[data-testid="stSidebar"]')

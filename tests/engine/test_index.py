@@ -272,7 +272,7 @@ def test_the_adaptive_rescore_skips_only_candidates_that_cannot_enter_the_top(to
 
     monkeypatch.setattr(engine, "score", counting)
     exact_index = GradientIndex.build(engine, texts, labels, config=EXACT)
-    answer = exact_index.query(texts[:1], labels[:1], top=1, rerank=len(texts))
+    answer = exact_index.query(texts[:1], labels[:1], top=1, rerank=len(texts), adaptive=True)
     truth = score(texts[:1], labels[:1], texts, labels, self_influence=False).total(0)[0]
     assert scored == [4]  # the best two of each side (2 top); the exact estimates leave nothing else in reach
     assert answer.set_index("direction").loc["helpful", "train_row"] == int(np.argmax(truth))
@@ -281,7 +281,7 @@ def test_the_adaptive_rescore_skips_only_candidates_that_cannot_enter_the_top(to
     rough = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=False, entries=2))
     monkeypatch.setattr(index_module, "MARGIN_SIGMAS", 1e9)
     scored.clear()
-    wide = rough.query(texts[:2], labels[:2], top=1, rerank=len(texts))
+    wide = rough.query(texts[:2], labels[:2], top=1, rerank=len(texts), adaptive=True)
     assert len(scored) == 2 and scored[0] < len(texts)  # a first round, then the rest
     plain = rough.query(texts[:2], labels[:2], top=1, rerank=len(texts), adaptive=False)
     pd.testing.assert_frame_equal(wide, plain)
