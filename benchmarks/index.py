@@ -18,6 +18,7 @@ import json
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 
 from benchmarks.common import jsonable, peak_rss_bytes
@@ -266,8 +267,6 @@ def _latency(index, q_texts, q_labels, exact: np.ndarray, top: int, candidates: 
             answer = index.query(q_texts[q:q + 1], q_labels[q:q + 1], top=top, rerank=candidates, adaptive=adaptive)
             ends.append(time.perf_counter() - start)
             answers.append(answer.assign(query=q))
-        import pandas as pd
-
         equal, same_set = _reranked_equal(pd.concat(answers), exact, top)
         out["rerank"]["adaptive" if adaptive else "all"] = {"end_to_end_seconds_median": float(np.median(ends)),
                                  "end_to_end_seconds_max": float(np.max(ends)), "rerank_top_equal": equal,

@@ -531,7 +531,7 @@ class GradientIndex:
         projector = self.projector()
         with engine.session():
             queries, _, _ = engine.query_gradients(test, rotations, weights, ProgressCounter(None, 0), routes)
-        k, n = len(values), len(test)
+        k = len(values)
         blocks = []
         for name in engine.layers:
             query = queries[name]  # [n, out*in]: rotated (divided by L + damping when k == 1), or plain (identity)

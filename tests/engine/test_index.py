@@ -99,7 +99,7 @@ def test_an_eigen_index_is_the_engine_score_on_its_heaviest_entries(method, toke
         layer, (start, stop) = factors.layers[name], _columns(train.meta, name)
         out, width = train.meta["shapes"][name]
 
-        def rotated(rows):
+        def rotated(rows, start=start, stop=stop, out=out, width=width, layer=layer):
             grads = torch.from_numpy(np.asarray(rows[:, start:stop])).reshape(-1, out, width)
             return layer.g_eigvecs.T @ grads @ layer.a_eigvecs
 
