@@ -584,19 +584,20 @@ class GradientIndex:
         """Per query [width]: the training rows of the ``width`` largest and smallest estimates, in one pass over
         all rows when the index is small, else a coarse pass over the heaviest entries (``eigen`` basis) that keeps
         ``SHORTLIST_FACTOR`` times as many rows, then the whole width on those."""
+        return [rows for rows, _ in self._shortlist(projected, width)]
+
+    def _shortlist(self, projected: torch.Tensor, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`shortlist` with each shortlisted row's full-width estimate: ``(rows, estimates)`` per query."""
         n_rows, n_cols = self.rows.shape
         coarse_cols = COARSE_ENTRIES
         keep = min(n_rows, SHORTLIST_FACTOR * width)
         if self.meta.get("basis") != "eigen" or self.meta["kind"] != "projected" or n_cols <= 2 * coarse_cols \
                 or 2 * keep >= n_rows:
-            full = self.lookup(projected)
-            return [_extremes(row, np.arange(n_rows), width) for row in full]
-        coarse = self._coarse_lookup(projected, coarse_cols)
+            return [_extremes(row, np.arange(n_rows), width) for row in self.lookup(projected)]
         picked = []
-        for q, row in enumerate(coarse):
-            near = _extremes(row, np.arange(n_rows), keep)
-            fine = self.lookup(projected[q:q + 1], rows=np.sort(near))[0]
-            picked.append(_extremes(fine, np.sort(near), width))
+        for q, row in enumerate(self._coarse_lookup(projected, coarse_cols)):
+            near, _ = _extremes(row, np.arange(n_rows), keep)
+            picked.append(_extremes(self.lookup(projected[q:q + 1], rows=near)[0], near, width))
         return picked
 
     def query(self, texts: Sequence[str], labels, *, top: int = 10, rerank: int = 100, damping: float | None = None,
@@ -627,16 +628,14 @@ class GradientIndex:
         top = min(top, n_train)
         records = []
         if rerank == 0:
-            for q, rows in enumerate(self.shortlist(projected, top)):
-                row = self.lookup(projected[q:q + 1], rows=rows)[0]
+            for q, (rows, row) in enumerate(self._shortlist(projected, top)):
                 for direction, order in (("helpful", np.lexsort((rows, -row))), ("harmful", np.lexsort((rows, row)))):
                     records += [(q, direction, r + 1, int(rows[i]), float(row[i]), 0) for r, i in enumerate(order[:top])]
             return _frame(records)
         if self.train_texts is None or self.train_labels is None:
             raise DataError("re-scoring needs the training set: load the index with train_texts and train_labels")
         width = min(max(rerank, top), n_train)
-        candidates = self.shortlist(projected, width)
-        guesses = [self.lookup(projected[q:q + 1], rows=rows)[0] for q, rows in enumerate(candidates)]
+        candidates, guesses = zip(*self._shortlist(projected, width))
         sides = []  # per query: (helpful, harmful) candidate positions, best estimate first
         for guess in guesses:
             helpful, harmful = np.lexsort((np.arange(len(guess)), -guess)), np.lexsort((np.arange(len(guess)), guess))
@@ -688,12 +687,14 @@ class GradientIndex:
         return np.array(sorted(more), dtype=np.int64)
 
 
-def _extremes(values: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
-    """The sorted union of the rows of the ``width`` largest and the ``width`` smallest ``values``."""
+def _extremes(values: np.ndarray, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The union of the rows of the ``width`` largest and the ``width`` smallest ``values`` (sorted, as ``rows``
+    is), with their values."""
     width = min(width, len(values))
     helpful = np.argpartition(-values, width - 1)[:width]
     harmful = np.argpartition(values, width - 1)[:width]
-    return rows[np.union1d(helpful, harmful)]
+    both = np.union1d(helpful, harmful)
+    return rows[both], values[both]
 
 
 def _block(out: int, width: int, k: int, allocation: str) -> list[int]:
