@@ -54,6 +54,26 @@ BatchHook = Callable[[Batch, torch.Tensor, dict], None]
 TOKEN_ROUTE_QUERIES = 4  # up to this many preconditioned queries meet the training tokens directly
 
 
+#: Columns per step of :func:`_damped_scores`: its [K * batch, chunk] temporary then stays in the CPU's cache.
+DAMPED_CHUNK = 8192
+
+
+def _damped_scores(query: torch.Tensor, rotated: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``out[k, q, b] = sum_e query[q, e] * weight[k, e] * rotated[b, e]``, shape [K, Q, B].
+
+    The K damping weightings of the batch's rotated gradients are formed a slice of columns at a time: the whole
+    [K * B, out * in] product is hundreds of MB per layer, and writing and reading it back cost twice the matrix
+    product on 2 cores (measured 0.12 s against 0.055 s per FFN layer and batch of 16, 5 dampings, 40 queries).
+    """
+    k, b = weight.shape[0], rotated.shape[0]
+    out = torch.zeros(query.shape[0], k * b, dtype=query.dtype, device=query.device)
+    for start in range(0, rotated.shape[1], DAMPED_CHUNK):
+        columns = slice(start, start + DAMPED_CHUNK)
+        weighted = (rotated[None, :, columns] * weight[:, None, columns]).reshape(k * b, -1)
+        out.addmm_(query[:, columns], weighted.T)
+    return out.reshape(-1, k, b).permute(1, 0, 2)
+
+
 def _original_scores(capture: LayerCapture, queries: torch.Tensor) -> torch.Tensor:
     """``<Q_q, DW_b>`` for preconditioned queries [Q, out*in] in the parameter basis: [Q, B].
 
@@ -495,9 +515,7 @@ class InfluenceEngine:
                     scores = (query @ rotated.T).double().cpu().numpy()
                     block[:, i][:, :, batch.index] = scores[None]
                 else:
-                    weighted = (rotated.unsqueeze(0) * weight.unsqueeze(1)).reshape(k * b, -1)
-                    scores = (query @ weighted.T).reshape(n_q, k, b).permute(1, 0, 2)
-                    block[:, i][:, :, batch.index] = scores.double().cpu().numpy()
+                    block[:, i][:, :, batch.index] = _damped_scores(query, rotated, weight).double().cpu().numpy()
             tracker.step("training gradients")
         return block, t_self, probs
 

@@ -156,6 +156,7 @@ def finetune(
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
     weight_decay: float = 0.01,
+    freeze_embeddings: bool = False,
     extra_metadata: dict | None = None,
 ) -> FinetuneResult:
     """Train a sequence classifier on top of ``base`` and save it to ``out_dir``.
@@ -166,6 +167,9 @@ def finetune(
         label_names: class names in id order; saved as ``id2label``/``label2id``.
         out_dir: the folder to write. It must not exist, be empty, or hold an earlier fine-tune (replaced).
         epochs, lr, batch_size, max_length, seed, weight_decay: training hyper-parameters.
+        freeze_embeddings: keep the input (word) embedding matrix fixed. On MiniLM it is half of the weights, so
+            this nearly halves a CPU fine-tune's time (the demo's recipe: same test accuracy, 39 s instead of 65 s
+            on 2 cores; see ``influence_core.demo``).
         eval_texts, eval_labels: optional held-out examples, scored once after training.
         progress: ``progress(done, total, stage)`` after every step (and for tokenize/evaluate/save).
         cancel: called between steps; returning True stops with :class:`FinetuneCancelled`.
@@ -188,13 +192,16 @@ def finetune(
     import torch
 
     model, tokenizer = _load_base(str(base), names, seed)
+    if freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     report = progress or (lambda done, total, stage: None)
     report(0, 1, "tokenize")
     encoded = _tokenize(tokenizer, texts, max_length)
     rng = random.Random(seed)
     batches_per_epoch = math.ceil(len(texts) / batch_size)
     total_steps = epochs * batches_per_epoch
-    optimizer = torch.optim.AdamW(_parameter_groups(model, weight_decay), lr=lr)
+    # foreach: one fused update per group instead of a Python loop over tensors (the default only on GPUs)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, weight_decay), lr=lr, foreach=True)
     warmup = int(WARMUP_FRACTION * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total_steps))
 
@@ -248,6 +255,7 @@ def finetune(
             "max_length": max_length,
             "seed": seed,
             "weight_decay": weight_decay,
+            "freeze_embeddings": bool(freeze_embeddings),
             "warmup_fraction": WARMUP_FRACTION,
         },
         "n_train": len(texts),

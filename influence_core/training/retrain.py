@@ -38,7 +38,7 @@ Cancel = Callable[[], bool]
 #: What a reviewer can say about a training row (besides naming its new label).
 ACTIONS = ("fine", "drop", "mislabeled", "relabel")
 #: Hyper-parameters used when the model records none (those of :func:`influence_core.training.finetune.finetune`).
-DEFAULT_RECIPE = {"epochs": 3, "lr": 5e-5, "batch_size": 16, "max_length": 128, "seed": 0}
+DEFAULT_RECIPE = {"epochs": 3, "lr": 5e-5, "batch_size": 16, "max_length": 128, "seed": 0, "freeze_embeddings": False}
 
 
 # ----------------------------------------------------------------------------------------------- cleaning
@@ -169,7 +169,7 @@ class Recipe:
 
     Attributes:
         base: Encoder (or classifier) folder or Hub id that fine-tuning starts from.
-        hyperparameters: ``epochs``, ``lr``, ``batch_size``, ``max_length``, ``seed``.
+        hyperparameters: ``epochs``, ``lr``, ``batch_size``, ``max_length``, ``seed``, ``freeze_embeddings``.
         label_names: Class names in id order.
         before: The model under study (a folder or Hub id), or None when there is none to compare with.
         notes: What was assumed (e.g. a classifier without ``finetune.json`` is trained further).
@@ -190,7 +190,7 @@ def recipe_of(model: str | os.PathLike, *, label_names: Sequence[str] | None = N
     in the data. A classifier without that record (e.g. from the Hub) is fine-tuned further on the new data.
     A bare encoder has no "before" model; ``label_names`` are then required (resolve "demo" first with
     :func:`influence_core.demo.resolve_model`).
-    ``overrides`` (epochs, lr, batch_size, max_length, seed; None = keep) replace recorded values.
+    ``overrides`` (epochs, lr, batch_size, max_length, seed, freeze_embeddings; None = keep) replace recorded values.
     """
     name = str(model)
     folder = Path(name).expanduser()

@@ -334,3 +334,15 @@ def test_statistics_from_shards_add_up_to_the_whole(tokenizer, texts, labels):
     left = engine.score(texts[:2], labels[:2], texts[:4], labels[:4])
     right = engine.score(texts[:2], labels[:2], texts[4:], labels[4:])
     _assert_close(np.concatenate([left.total(0), right.total(0)], axis=1), full.total(0), rtol=1e-9)
+
+
+def test_damped_scores_in_column_slices_equal_the_whole_product(monkeypatch):
+    from influence_core.engine import influence
+
+    gen = torch.Generator().manual_seed(0)
+    query, rotated, weight = (torch.randn(*shape, generator=gen, dtype=torch.float64)
+                              for shape in ((3, 50), (4, 50), (2, 50)))
+    expected = torch.einsum("qe,ke,be->kqb", query, weight, rotated)
+    for chunk in (7, 50, 8192):  # slices that do not divide the width, one slice, the default
+        monkeypatch.setattr(influence, "DAMPED_CHUNK", chunk)
+        assert torch.allclose(influence._damped_scores(query, rotated, weight), expected, rtol=0, atol=1e-12)

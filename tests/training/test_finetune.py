@@ -63,6 +63,25 @@ def test_same_seed_same_weights(tiny_classifier_dir, corpus, tmp_path):  # noqa:
     assert [h["loss"] for h in first.history] == [h["loss"] for h in second.history]
 
 
+def test_frozen_embeddings_stay_put_and_the_recipe_records_it(tiny_classifier_dir, corpus, tmp_path):  # noqa: F811
+    from influence_core.training.retrain import recipe_of
+
+    texts, labels = corpus[0][:32], corpus[1][:32]
+    args = {"label_names": ["negative", "positive"], "epochs": 1, "lr": 1e-2, "batch_size": 8, "max_length": 16}
+    before = load_file(Path(tiny_classifier_dir) / "model.safetensors")
+    frozen = finetune(tiny_classifier_dir, texts, labels, out_dir=tmp_path / "f", freeze_embeddings=True, **args)
+    after = load_file(frozen.out_dir / "model.safetensors")
+    embedding = next(name for name in after if name.endswith("word_embeddings.weight"))
+    assert np.array_equal(after[embedding].numpy(), before[embedding].numpy())
+    moved = [name for name in after if name in before and not np.array_equal(after[name].numpy(), before[name].numpy())]
+    assert any("encoder" in name for name in moved)  # the rest of the network did train
+    trained = finetune(tiny_classifier_dir, texts, labels, out_dir=tmp_path / "t", **args)
+    assert not np.array_equal(load_file(trained.out_dir / "model.safetensors")[embedding].numpy(),
+                              before[embedding].numpy())
+    assert recipe_of(frozen.out_dir).hyperparameters["freeze_embeddings"] is True  # retrains repeat it
+    assert recipe_of(trained.out_dir).hyperparameters["freeze_embeddings"] is False
+
+
 def test_cancel_stops_between_steps_and_leaves_nothing(tiny_classifier_dir, corpus, tmp_path):  # noqa: F811
     steps = []
     with pytest.raises(FinetuneCancelled, match="after 2 of"):
