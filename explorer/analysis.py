@@ -63,6 +63,35 @@ def ground_truth_columns(train: pd.DataFrame) -> list[str]:
 
 # ------------------------------------------------------------------------------------------- files
 @dataclass
+class Predictions:
+    """The model's predictions on the test reviews: what the Overview draws before any influence exists.
+
+    Saved by :func:`compute_analysis` as soon as the model is loaded (seconds), so a first visit sees how good the
+    model is while the factors are fitted; a finished analysis hands out the same view (:attr:`Analysis.predictions`).
+
+    Attributes:
+        test: the test reviews (``row_id``, ``text``, ``label`` int, ``label_name``, other columns kept).
+        test_probs: class probabilities [n_test, C].
+        label_names: class names in id order.
+        n_train: how many training reviews the analysis has.
+        notes: what the data check found (truncated reviews, overlaps).
+    """
+
+    test: pd.DataFrame
+    test_probs: np.ndarray
+    label_names: list[str]
+    n_train: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def test_pred(self) -> np.ndarray:
+        return self.test_probs.argmax(axis=1)
+
+    def name(self, label: int) -> str:
+        return self.label_names[int(label)] if 0 <= int(label) < len(self.label_names) else str(label)
+
+
+@dataclass
 class Analysis:
     """A computed analysis, read from disk. Everything the pages draw comes from here.
 
@@ -102,6 +131,15 @@ class Analysis:
     def test_pred(self) -> np.ndarray:
         return self.scores.test_probs.argmax(axis=1)
 
+    @property
+    def test_probs(self) -> np.ndarray:
+        return self.scores.test_probs
+
+    @property
+    def predictions(self) -> Predictions:
+        return Predictions(test=self.test, test_probs=self.scores.test_probs, label_names=list(self.label_names),
+                           n_train=self.scores.n_train, notes=list(self.meta.get("notes", [])))
+
     def name(self, label: int) -> str:
         return self.label_names[int(label)] if 0 <= int(label) < len(self.label_names) else str(label)
 
@@ -140,8 +178,9 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
     cancel = getattr(progress, "check", None)
     needs_finetune = spec.model.kind == "demo" and not demo_model_ready()
     needs_fit = not factors_ready(spec)
-    # share the bar in proportion to rough costs: fine-tune ~ 3 epochs x 3, fit ~ 2 passes, scoring the rest
-    weights = {"model": 9.0 if needs_finetune else 0.3, "fit": 2.0 if needs_fit else 0.1, "score": 3.0}
+    # share the bar in proportion to the costs measured on the demo (2 cores): fine-tune 39 s, fit and index 34 s,
+    # scoring 40 test reviews at 5 dampings 47 s (benchmarks/first_visit.py)
+    weights = {"model": 4.0 if needs_finetune else 0.3, "fit": 3.5 if needs_fit else 0.1, "score": 5.0}
     total = sum(weights.values())
     edges = np.cumsum([0.0] + [w / total for w in weights.values()])
     stage = dict(zip(weights, zip(edges[:-1], edges[1:], strict=True), strict=True))
@@ -172,6 +211,11 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
         notes.append(f"{shared} reviews are in both the training and the test slice")
 
     engine = InfluenceEngine(loaded.model, loaded.tokenizer, spec.config)
+    folder = analysis_dir(spec)
+    if cancel is not None:
+        cancel()
+    save_predictions(folder, Predictions(test=test, test_probs=engine.predict_proba(test["text"].tolist()),
+                                         label_names=list(loaded.label_names), n_train=len(train), notes=notes))
     fitted = "reused"
     index = None
     if spec.config.method != "identity":
@@ -212,7 +256,6 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
         agreement = index_agreement(estimates, table.total(k))
         agreement.update(kind=index.meta["kind"], bytes_per_example=index.bytes_per_example,
                          basis=index.meta.get("basis", "random"), entries=int(index.rows.shape[1]))
-    folder = analysis_dir(spec)
     table.save(folder / "scores.npz")
     _table_for_disk(train).to_parquet(folder / "train.parquet", index=False)
     _table_for_disk(test).to_parquet(folder / "test.parquet", index=False)
@@ -263,6 +306,32 @@ def _table_for_disk(frame: pd.DataFrame) -> pd.DataFrame:
             out[name] = out[name].astype(str)
     out.columns = [str(c) for c in out.columns]
     return out
+
+
+PREDICTIONS_FILE = "predictions.json"
+
+
+def save_predictions(folder: Path, predictions: Predictions) -> None:
+    """Write the predictions of an analysis still being computed (the JSON, written last, marks them complete)."""
+    _table_for_disk(predictions.test).to_parquet(folder / "predictions.parquet", index=False)
+    np.save(folder / "test_probs.npy", predictions.test_probs)
+    record = {"label_names": predictions.label_names, "n_train": predictions.n_train, "notes": predictions.notes}
+    staged = folder / f".{PREDICTIONS_FILE}.tmp"
+    staged.write_text(json.dumps(record), encoding="utf-8")
+    staged.replace(folder / PREDICTIONS_FILE)
+
+
+def load_predictions(spec: AnalysisSpec) -> Predictions | None:
+    """The test predictions of ``spec``'s analysis: from the finished analysis, else from the early save, else None."""
+    finished = load_analysis(spec)
+    if finished is not None:
+        return finished.predictions
+    folder = analysis_dir(spec)
+    if not (folder / PREDICTIONS_FILE).is_file():
+        return None
+    record = json.loads((folder / PREDICTIONS_FILE).read_text(encoding="utf-8"))
+    return Predictions(test=pd.read_parquet(folder / "predictions.parquet"), test_probs=np.load(folder / "test_probs.npy"),
+                       label_names=record["label_names"], n_train=int(record["n_train"]), notes=record["notes"])
 
 
 def load_analysis(spec: AnalysisSpec) -> Analysis | None:

@@ -22,7 +22,14 @@ from explorer.analysis import Analysis
 from explorer.analysis import load_analysis as read_analysis
 from explorer.figures import figure_html
 from explorer.jobs import CANCELLED, DONE, ERROR, Job, JobRunner
-from explorer.spec import AnalysisSpec, analysis_dir, damping_grid, default_model_source, factors_ready
+from explorer.spec import (
+    AnalysisSpec,
+    analysis_dir,
+    damping_grid,
+    default_model_source,
+    demo_model_ready,
+    factors_ready,
+)
 from explorer.store import ModelStore
 from explorer.trust import predicted_loss_change
 from influence_core.engine.config import DEFAULT_RELATIVE_DAMPING, FISHERS, METHODS, EngineConfig
@@ -426,14 +433,24 @@ def url_choice(widget, label: str, options, *, key: str, default=None, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------- jobs
+#: Seconds between redraws of a running job's progress. Each redraw costs the job far more than its own few ms
+#: when the browser shares the machine's cores: on 2 cores the demo's analysis took 81 s with no browser
+#: watching, 144 s redrawn every second (st.status), 133 s every second without the spinning icon, 114 s every
+#: 2 s (``python -m benchmarks.first_visit --cache model``, one run each).
+REFRESH_S = 2.0
+
 def start_analysis(out: Frame) -> Job:
     spec = out.spec
     store = model_store()
     return job_runner().start(lambda progress: analyses.compute_analysis(spec, store, progress), key=spec.key(), name="Fit and score")
 
 
-def job_panel(key: str, *, on_done: str = "rerun") -> Job | None:
-    """Progress of the job ``key`` with a Cancel button; refreshes itself every second while it runs."""
+def job_panel(key: str, *, on_done: str = "rerun", rerun_when=None) -> Job | None:
+    """Progress of the job ``key`` with a Cancel button; refreshes itself every second while it runs.
+
+    ``rerun_when()`` returning True while the job runs reruns the whole page once (e.g. when the job has saved a
+    first result the page can draw).
+    """
     job = job_runner().get(key)
     if job is None:
         return None
@@ -442,9 +459,14 @@ def job_panel(key: str, *, on_done: str = "rerun") -> Job | None:
         current = job_runner().get(key)
         if current is None:
             return
+        if current.running and rerun_when is not None and st.session_state.get(f"_early_{key}") != id(current):
+            if rerun_when():
+                st.session_state[f"_early_{key}"] = id(current)
+                st.rerun()
         if current.running:
-            # not a ``with`` block: leaving one marks the status complete (a check mark on a running job)
-            box = st.status(f"{current.name}: {current.fraction:.0%}", expanded=True, state="running")
+            # a plain bordered box, not st.status: its spinning icon keeps the browser drawing (see REFRESH_S)
+            box = st.container(border=True)
+            box.markdown(f"**{current.name}: {current.fraction:.0%}**")
             box.progress(current.fraction, text=current.message or "starting…")
             box.caption(f"Running for {cost.format_seconds(current.elapsed)}{remaining_text(current)}. You can keep "
                         "browsing; it runs in the background.")
@@ -460,14 +482,18 @@ def job_panel(key: str, *, on_done: str = "rerun") -> Job | None:
                 st.rerun()
 
     if job.running:
-        st.fragment(run_every=1.0)(draw)()
+        st.fragment(run_every=REFRESH_S)(draw)()
     else:
         draw()
     return job
 
 
-def require_analysis() -> tuple[Frame, Analysis]:
-    """The frame and its computed analysis; otherwise draw the empty state (cost, button, progress) and stop."""
+def require_analysis(*, predictions_first: bool = False) -> tuple[Frame, Analysis]:
+    """The frame and its computed analysis; otherwise draw the empty state (cost, button, progress) and stop.
+
+    ``predictions_first``: the page can draw the test predictions before the analysis is done (the Overview); the
+    progress panel then reruns the page as soon as they are saved.
+    """
     out = frame()
     if out.spec is None:
         st.info(out.problem or "Choose a model and data in the sidebar.")
@@ -479,8 +505,16 @@ def require_analysis() -> tuple[Frame, Analysis]:
         job = start_analysis(out)  # the built-in demo needs no decision: its work starts on the first visit
     running = job is not None and job.running
     if running:
-        st.info("Computing this analysis in the background: every page fills in as soon as it is done.")
-        job_panel(out.spec.key())
+        spec = out.spec
+        if predictions_first:
+            first = ("Fine-tuning the demo model on its training reviews (first use only, under a minute)"
+                     if spec.model.kind == "demo" and not demo_model_ready() else "Loading the model")
+            st.info(f"{first}, then predicting the test reviews; the influence of the training reviews follows "
+                    "(every page fills in as soon as it is done).")
+        else:
+            st.info("Computing this analysis in the background: every page fills in as soon as it is done. "
+                    + ("The model's predictions are on the Overview already." if predictions_ready(spec) else ""))
+        job_panel(spec.key(), rerun_when=(lambda: predictions_ready(spec)) if predictions_first else None)
         st.stop()
     st.info(
         "Nothing computed yet for this model, data and method. **Fit and score** fits the curvature factors on the "
@@ -499,6 +533,30 @@ def require_analysis() -> tuple[Frame, Analysis]:
         st.rerun()
     job_panel(out.spec.key())
     st.stop()
+
+
+def predictions_ready(spec: AnalysisSpec) -> bool:
+    """Whether the running analysis of ``spec`` has saved its test predictions yet."""
+    return (analysis_dir(spec) / analyses.PREDICTIONS_FILE).is_file()
+
+
+def require_predictions() -> tuple[Frame, analyses.Predictions, Analysis | None]:
+    """The frame, the test predictions and the analysis (None while influence is still being computed).
+
+    Without predictions yet this draws what :func:`require_analysis` draws (empty state or progress) and stops.
+    """
+    out = frame()
+    if out.spec is not None and out.analysis is None and predictions_ready(out.spec):
+        job = job_runner().get(out.spec.key())
+        if job is not None and job.running:
+            return out, _cached_predictions(out.spec.key(), out.spec), None
+    out, analysis = require_analysis(predictions_first=True)
+    return out, analysis.predictions, analysis
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _cached_predictions(key: str, _spec: AnalysisSpec) -> analyses.Predictions | None:
+    return analyses.load_predictions(_spec)
 
 
 def starts_by_itself(spec: AnalysisSpec) -> bool:
@@ -561,10 +619,14 @@ def review_label(analysis: Analysis, which: str, index: int, *, width: int = 70)
     return f"#{index} · {label} → {pred}{mark} · {snippet(frame_['text'].iloc[index], width)}"
 
 
-def reviews_table(analysis: Analysis, which: str, indices, scores=None, score_name: str = "influence") -> pd.DataFrame:
-    """A readable table of reviews: position, row id, label, prediction, confidence, (score), text."""
+def reviews_table(analysis: Analysis | analyses.Predictions, which: str, indices, scores=None,
+                  score_name: str = "influence") -> pd.DataFrame:
+    """A readable table of reviews: position, row id, label, prediction, confidence, (score), text.
+
+    ``analysis`` may be the :class:`~explorer.analysis.Predictions` alone for ``which="test"``.
+    """
     frame_ = analysis.test if which == "test" else analysis.train
-    probs = analysis.scores.test_probs if which == "test" else analysis.scores.train_probs
+    probs = analysis.test_probs if which == "test" else analysis.scores.train_probs
     indices = np.asarray(indices, dtype=int)
     data = {
         which: indices,

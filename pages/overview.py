@@ -18,12 +18,12 @@ st.caption(
     "reviews, and which training reviews does it lean on for a sentence of your own."
 )
 
-out, analysis = common.require_analysis()
-test = analysis.test
+out, predictions, analysis = common.require_predictions()  # predictions come first; influence may still be running
+test = predictions.test
 labels = test["label"].to_numpy()
-pred = analysis.test_pred
-probs = analysis.scores.test_probs
-n_classes = len(analysis.label_names)
+pred = predictions.test_pred
+probs = predictions.test_probs
+n_classes = len(predictions.label_names)
 
 accuracy = float(np.mean(pred == labels)) if len(labels) else float("nan")
 f1_per_class = []
@@ -37,9 +37,9 @@ macro_f1 = float(np.mean(f1_per_class)) if f1_per_class else float("nan")
 cols = st.columns(4)
 cols[0].metric("Accuracy (test)", f"{accuracy:.1%}")
 cols[1].metric("Macro F1 (test)", f"{macro_f1:.3f}")
-cols[2].metric("Training reviews", analysis.scores.n_train)
-cols[3].metric("Test reviews", analysis.scores.n_test)
-for note in analysis.meta.get("notes", []):
+cols[2].metric("Training reviews", predictions.n_train)
+cols[3].metric("Test reviews", len(test))
+for note in predictions.notes:
     st.caption(f"Note: {note}")
 
 left, right = st.columns(2)
@@ -47,12 +47,26 @@ with left:
     st.subheader("Confusion matrix")
     matrix = np.zeros((n_classes, n_classes), dtype=int)
     np.add.at(matrix, (labels, pred), 1)
-    common.figure(figures.confusion_matrix_figure(matrix, analysis.label_names), "confusion_matrix", key="cm")
+    common.figure(figures.confusion_matrix_figure(matrix, predictions.label_names), "confusion_matrix", key="cm")
 with right:
     st.subheader("Prediction confidence")
     common.figure(figures.confidence_histogram(probs.max(axis=1), pred == labels), "confidence", key="conf")
 
+
+def predictions_table() -> None:
+    with st.expander("Test reviews and predictions"):
+        frame = common.reviews_table(predictions, "test", np.arange(len(test)))
+        frame["correct"] = frame["label"] == frame["predicted"]
+        common.table(pd.DataFrame(frame), "test_predictions", key="test_preds")
+
+
 st.subheader("Try a sentence, or search the training set")
+if analysis is None:  # the first visit: the predictions are drawn, the influence is still being computed
+    st.info("Next: which training reviews are responsible for these predictions. The influence of every training "
+            "review is being computed (progress below); this box and every other page fill in when it is done.")
+    common.job_panel(out.spec.key())
+    predictions_table()
+    st.stop()
 st.caption(
     "Type a review: the model predicts it and the training reviews most responsible for that prediction are found "
     "among all of them (training-gradient index), then re-scored exactly by the engine. Choose a label to ask "
@@ -135,7 +149,4 @@ if sentence.strip() and result is None:
         show_result(result["label"], result["proba"], pd.Series(scores),
                     "Scored exactly against every training review over the layers shown.")
 
-with st.expander("Test reviews and predictions"):
-    frame = common.reviews_table(analysis, "test", np.arange(len(test)))
-    frame["correct"] = frame["label"] == frame["predicted"]
-    common.table(pd.DataFrame(frame), "test_predictions", key="test_preds")
+predictions_table()

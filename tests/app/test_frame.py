@@ -82,6 +82,50 @@ def test_fit_and_score_runs_in_the_background_and_pages_reuse_it(app_env):
     np.testing.assert_array_equal(_frame(other).analysis.influence(), first.influence())
 
 
+def test_the_overview_shows_the_predictions_before_the_influence(app_env, monkeypatch):
+    import threading
+
+    from explorer import ui as common
+    from influence_core.engine.influence import InfluenceEngine
+
+    release = threading.Event()
+    score = InfluenceEngine.score
+
+    def held_score(self, *args, **kwargs):  # the influence pass waits until the test has looked at the page
+        assert release.wait(60)
+        return score(self, *args, **kwargs)
+
+    monkeypatch.setattr(InfluenceEngine, "score", held_score)
+    at = new_app({"test_n": "6", "train_n": "12", "seed": "3"})
+    at.run()
+    at.button(key="fit_main").click().run()
+    spec = _frame(at).spec
+    deadline = time.time() + 60
+    while not common.predictions_ready(spec) and time.time() < deadline:
+        time.sleep(0.2)
+    try:
+        at.run()
+        no_exceptions(at)
+        assert common.job_runner().get(spec.key()).running and _frame(at).analysis is None
+        early = {m.label: m.value for m in at.metric}
+        assert early["Test reviews"] == "6" and early["Training reviews"] == "12"
+        assert any("being computed" in i.value for i in at.info)
+        assert "sentence" not in [w.key for w in at.text_area]  # no sentence box before there is influence
+        at.switch_page("pages/heatmap.py").run()  # the other pages wait for the influence, and say where to look
+        assert any("predictions are on the Overview" in i.value for i in at.info)
+    finally:
+        release.set()
+    job = _wait_for_job(at)
+    assert job.status == "done", job.error
+    at.switch_page("pages/overview.py").run()
+    no_exceptions(at)
+    finished = _frame(at).analysis
+    assert finished is not None
+    later = {m.label: m.value for m in at.metric}
+    accuracy = float(np.mean(finished.test_pred == finished.test["label"].to_numpy()))
+    assert early["Accuracy (test)"] == later["Accuracy (test)"] == f"{accuracy:.1%}"  # the same numbers as the analysis
+
+
 def test_view_damping_and_layers_rerender_without_gradients(computed, monkeypatch):
     from influence_core.engine.influence import InfluenceEngine
 

@@ -1,0 +1,144 @@
+"""The first visit as a newcomer sees it: `streamlit run app.py` on a fresh cache, driven by Chromium.
+
+Each run starts a new server on an empty cache folder and opens the Overview of the built-in demo, then records
+the seconds from the first page load until
+
+- ``page``: the Overview's title is drawn;
+- ``predictions``: the model's accuracy on the test reviews is drawn (the demo model is fine-tuned first on a
+  clean cache);
+- ``influence``: the analysis is done (the Overview draws its "Try a sentence" box);
+- ``heatmap``: the Influence heatmap page, opened next, has drawn its chart.
+
+``--cache model`` copies the fine-tuned demo model from the user cache first (a returning user who cleared the
+analyses); ``--cache clean`` (the default) starts from nothing. Results: a JSON file in ``benchmarks/results`` and
+a Markdown table on stdout (medians over the runs, every run listed). Run it alone on the machine::
+
+    python -m benchmarks.first_visit --runs 3 --cache clean
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+MILESTONES = ("page", "predictions", "influence", "heatmap")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _serve(cache: Path) -> tuple[subprocess.Popen, str]:
+    env = dict(os.environ, INFLUENCE_EXPLORER_CACHE=str(cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("INFLUENCE_EXPLORER_MODEL", None)
+    port = _free_port()
+    log = open(cache / "streamlit.log", "w")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.fileWatcherType",
+         "none", "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            time.sleep(0.5)
+        if process.poll() is not None:
+            break
+    process.terminate()
+    raise RuntimeError(f"streamlit did not start; see {cache / 'streamlit.log'}")
+
+
+def one_run(cache_mode: str, timeout_s: float) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="first_visit_") as folder:
+        cache = Path(folder)
+        if cache_mode == "model":
+            source = Path.home() / ".cache" / "influence-explorer" / "models"
+            shutil.copytree(source, cache / "models")
+        process, url = _serve(cache)
+        seconds: dict[str, float] = {}
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+                page.set_default_timeout(timeout_s * 1000)
+                started = time.perf_counter()
+                page.goto(url)
+                page.locator("h1").first.wait_for()
+                seconds["page"] = time.perf_counter() - started
+                page.get_by_text("Accuracy (test)").first.wait_for()
+                seconds["predictions"] = time.perf_counter() - started
+                page.get_by_label("Your review").wait_for()  # drawn once the influence exists
+                seconds["influence"] = time.perf_counter() - started
+                page.goto(f"{url}/heatmap")
+                page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
+                seconds["heatmap"] = time.perf_counter() - started
+                browser.close()
+        finally:
+            process.terminate()
+            process.wait(20)
+        record = {name: round(value, 1) for name, value in seconds.items()}
+        record.update(_stage_seconds(cache))
+        return record
+
+
+def _stage_seconds(cache: Path) -> dict:
+    """What the app itself recorded: the demo fine-tune's time and test accuracy, the analysis's own time."""
+    out: dict = {}
+    for path in (cache / "models").glob("demo-*/finetune.json"):
+        record = json.loads(path.read_text())
+        out["finetune_s"] = record.get("seconds")
+        out["demo_test_accuracy"] = record.get("eval_accuracy")
+    for path in (cache / "analyses").glob("*/meta.json"):
+        out["analysis_s"] = json.loads(path.read_text()).get("seconds")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cache", choices=("clean", "model"), default="clean")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each milestone")
+    args = parser.parse_args(argv)
+    runs = []
+    for i in range(args.runs):
+        runs.append(one_run(args.cache, args.timeout))
+        print(f"run {i + 1}: {runs[-1]}", flush=True)
+    medians = {name: statistics.median(r[name] for r in runs) for name in MILESTONES}
+    result = {"cache": args.cache, "runs": runs, "median": medians, "cpus": os.cpu_count(),
+              "command": f"python -m benchmarks.first_visit --runs {args.runs} --cache {args.cache}",
+              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    out = ROOT / "benchmarks" / "results" / f"first_visit-{args.cache}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\n`{result['command']}` ({args.runs} fresh servers, medians; {out.name})\n")
+    print("| cache | page drawn | predictions drawn | influence done | heatmap drawn |")
+    print("|---|---|---|---|---|")
+    print(f"| {args.cache} | " + " | ".join(f"{medians[m]:.0f} s" for m in MILESTONES) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
