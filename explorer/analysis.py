@@ -240,6 +240,13 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
                                     progress=sub("fit"))
     if index is not None:
         index.save(index_dir(spec), factors=False)
+    estimates = None
+    if index is not None or index_ready(spec):
+        # the index's estimate at the chosen damping: the heatmap draws it while the exact pass below runs, and
+        # the agreement with the exact scores is measured on it afterwards
+        index = index or GradientIndex.load(index_dir(spec), engine, train["text"].tolist(), train["label"].to_numpy())
+        estimates = index.estimates(test["text"].tolist(), test["label"].to_numpy(), dampings=[spec.chosen_damping])[0]
+        save_estimate(folder, estimates, train, spec.chosen_damping)
     table = engine.score(
         test["text"].tolist(),
         test["label"].to_numpy(),
@@ -249,11 +256,8 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
         progress=sub("score"),
     )
     agreement = None
-    if index is not None or index_ready(spec):
-        index = index or GradientIndex.load(index_dir(spec), engine, train["text"].tolist(), train["label"].to_numpy())
-        k = table.damping_index(spec.chosen_damping)
-        estimates = index.estimates(test["text"].tolist(), test["label"].to_numpy(), dampings=[table.dampings[k]])[0]
-        agreement = index_agreement(estimates, table.total(k))
+    if estimates is not None:
+        agreement = index_agreement(estimates, table.total(table.damping_index(spec.chosen_damping)))
         agreement.update(kind=index.meta["kind"], bytes_per_example=index.bytes_per_example,
                          basis=index.meta.get("basis", "random"), entries=int(index.rows.shape[1]))
     table.save(folder / "scores.npz")
@@ -332,6 +336,40 @@ def load_predictions(spec: AnalysisSpec) -> Predictions | None:
     record = json.loads((folder / PREDICTIONS_FILE).read_text(encoding="utf-8"))
     return Predictions(test=pd.read_parquet(folder / "predictions.parquet"), test_probs=np.load(folder / "test_probs.npy"),
                        label_names=record["label_names"], n_train=int(record["n_train"]), notes=record["notes"])
+
+
+ESTIMATE_FILE = "estimate.json"
+
+
+@dataclass
+class Estimate:
+    """The training-gradient index's influence estimate [n_test, n_train] of an analysis still being computed.
+
+    Raw influence at the chosen ``damping``, over every analysed layer; the exact scores replace it when the
+    analysis is done.
+    """
+
+    matrix: np.ndarray
+    train: pd.DataFrame
+    damping: float
+
+
+def save_estimate(folder: Path, matrix: np.ndarray, train: pd.DataFrame, damping: float) -> None:
+    np.save(folder / "estimate.npy", np.asarray(matrix, dtype=np.float64))
+    _table_for_disk(train).to_parquet(folder / "estimate_train.parquet", index=False)
+    staged = folder / f".{ESTIMATE_FILE}.tmp"
+    staged.write_text(json.dumps({"damping": float(damping)}), encoding="utf-8")
+    staged.replace(folder / ESTIMATE_FILE)
+
+
+def load_estimate(spec: AnalysisSpec) -> Estimate | None:
+    """The index estimate saved by ``spec``'s running analysis, or None before it exists."""
+    folder = analysis_dir(spec)
+    if not (folder / ESTIMATE_FILE).is_file():
+        return None
+    record = json.loads((folder / ESTIMATE_FILE).read_text(encoding="utf-8"))
+    return Estimate(matrix=np.load(folder / "estimate.npy"), train=pd.read_parquet(folder / "estimate_train.parquet"),
+                    damping=float(record["damping"]))
 
 
 def load_analysis(spec: AnalysisSpec) -> Analysis | None:

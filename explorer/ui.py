@@ -488,11 +488,12 @@ def job_panel(key: str, *, on_done: str = "rerun", rerun_when=None) -> Job | Non
     return job
 
 
-def require_analysis(*, predictions_first: bool = False) -> tuple[Frame, Analysis]:
+def require_analysis(*, predictions_first: bool = False, rerun_when=None) -> tuple[Frame, Analysis]:
     """The frame and its computed analysis; otherwise draw the empty state (cost, button, progress) and stop.
 
     ``predictions_first``: the page can draw the test predictions before the analysis is done (the Overview); the
-    progress panel then reruns the page as soon as they are saved.
+    progress panel then reruns the page as soon as they are saved. ``rerun_when(spec)``: likewise for another
+    early result (the heatmap's index estimate, :func:`estimate_ready`).
     """
     out = frame()
     if out.spec is None:
@@ -514,7 +515,8 @@ def require_analysis(*, predictions_first: bool = False) -> tuple[Frame, Analysi
         else:
             st.info("Computing this analysis in the background: every page fills in as soon as it is done. "
                     + ("The model's predictions are on the Overview already." if predictions_ready(spec) else ""))
-        job_panel(spec.key(), rerun_when=(lambda: predictions_ready(spec)) if predictions_first else None)
+        ready = predictions_ready if predictions_first else rerun_when
+        job_panel(spec.key(), rerun_when=(lambda: ready(spec)) if ready is not None else None)
         st.stop()
     st.info(
         "Nothing computed yet for this model, data and method. **Fit and score** fits the curvature factors on the "
@@ -557,6 +559,27 @@ def require_predictions() -> tuple[Frame, analyses.Predictions, Analysis | None]
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _cached_predictions(key: str, _spec: AnalysisSpec) -> analyses.Predictions | None:
     return analyses.load_predictions(_spec)
+
+
+def estimate_ready(spec: AnalysisSpec) -> bool:
+    """Whether the running analysis of ``spec`` has saved its predictions and its index estimate yet."""
+    return predictions_ready(spec) and (analysis_dir(spec) / analyses.ESTIMATE_FILE).is_file()
+
+
+def early_estimate() -> tuple[analyses.Estimate, analyses.Predictions] | None:
+    """While this frame's analysis runs: the index's estimate and the test predictions, once both are saved."""
+    out = frame()
+    if out.spec is None or out.analysis is not None or not estimate_ready(out.spec):
+        return None
+    job = job_runner().get(out.spec.key())
+    if job is None or not job.running:
+        return None
+    return _cached_estimate(out.spec.key(), out.spec), _cached_predictions(out.spec.key(), out.spec)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _cached_estimate(key: str, _spec: AnalysisSpec) -> analyses.Estimate | None:
+    return analyses.load_estimate(_spec)
 
 
 def starts_by_itself(spec: AnalysisSpec) -> bool:

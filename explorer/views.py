@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from explorer.analysis import Analysis
+from explorer.analysis import Analysis, Estimate, Predictions
 from explorer.spec import AnalysisSpec, Progress
 from explorer.store import ModelStore
 from influence_core.engine.scores import ScoreTable
@@ -38,6 +38,23 @@ def top_pairs(matrix: np.ndarray, n: int = 10) -> pd.DataFrame:
             rows.append({"test": int(q), "train": int(m), "influence": float(value), "kind": kind})
     frame = pd.DataFrame(rows, columns=["test", "train", "influence", "kind"])
     return frame.reindex(frame["influence"].abs().sort_values(ascending=False).index).reset_index(drop=True)
+
+
+def estimate_heatmap(estimate: Estimate, predictions: Predictions, max_columns: int = 200):
+    """The heatmap figure of an index estimate (raw influence), its ``max_columns`` columns of largest total
+    |estimate|, and the number of columns kept: what the heatmap page draws while the exact scores are computed."""
+    from explorer.figures import hover_text, influence_heatmap
+
+    matrix = estimate.matrix
+    keep = np.sort(np.argsort(-np.abs(matrix).sum(axis=0))[:max_columns])
+    train_hover = [hover_text(estimate.train["text"].iloc[j], predictions.name(estimate.train["label"].iloc[j]))
+                   for j in keep]
+    test_hover = [hover_text(t, predictions.name(y), predictions.name(p)) for t, y, p in
+                  zip(predictions.test["text"], predictions.test["label"], predictions.test_pred, strict=True)]
+    fig = influence_heatmap(matrix[:, keep], row_hover=test_hover, col_hover=train_hover,
+                            row_names=[f"test {i}" for i in range(matrix.shape[0])],
+                            col_names=[f"train {j}" for j in keep], colorbar_title="influence (index estimate)")
+    return fig, len(keep)
 
 
 def layer_shares(scores: ScoreTable, k: int, layers: Sequence[str], test_index: int | None = None) -> dict[str, float]:

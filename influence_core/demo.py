@@ -25,7 +25,7 @@ Progress = Callable[[int, int, str], None]
 #: Hyper-parameters of the demo fine-tune (part of the cache key); see finetune.py for the recipe. Measured on
 #: the 480 training reviews (single thread, shared machine): batch 8 reached 90.6% test accuracy for 91 CPU-s,
 #: batch 16 81.3% for 75 CPU-s, 5 epochs of batch 16 88.1%, 4 epochs at lr 5e-5 87.5%. On 2 idle cores
-#: (``benchmarks/first_visit.py``): 65 s training the word embeddings too, 39 s with them frozen, both 90.6%.
+#: (``python -m benchmarks.demo_finetune``): 56 s training the word embeddings too, 39 s with them fixed, both 90.6%.
 DEMO_HYPERPARAMETERS = {"epochs": 3, "lr": 1e-4, "batch_size": 8, "max_length": 128, "seed": 0,
                         "freeze_embeddings": True}
 #: Bump when the recipe changes in a way the hyper-parameters do not show, to retrain cached demo models.

@@ -120,16 +120,17 @@ if relative:
     self_train = analysis.scores.self_total(out.k, out.layers or None)
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def token_scores(analysis_key: str, damping: float, q: int, m: int, layers: tuple[str, ...], _spec, _test,
-                 _train) -> tuple[list[str], np.ndarray, float]:
-    """Tokens of training review ``m``, their scores ``[T]`` over ``layers`` (all when empty) and the pooled share.
+@st.cache_data(show_spinner=False, max_entries=64)
+def token_scores(analysis_key: str, damping: float, q: int, cards: tuple[int, ...], layers: tuple[str, ...], _spec,
+                 _test, _train) -> list[tuple[list[str], np.ndarray, float]]:
+    """For each training review in ``cards``: its tokens, their scores ``[T]`` over ``layers`` (all when empty)
+    and the pooled share. One query gradient and one short pass for all the cards on the page.
 
     ``q`` names the explained text: a test review's position, or a hash of a typed text and its label."""
     engine = common.model_store().engine(_spec)
-    result = engine.token_influence(_test[0], _test[1], _train[0], _train[1], damping=damping,
-                                    layers=list(layers) or None)
-    return list(result.tokens), np.asarray(result.scores), float(result.pooled)
+    results = engine.token_influences(_test[0], _test[1], _train[0], _train[1], damping=damping,
+                                      layers=list(layers) or None)
+    return [(list(r.tokens), np.asarray(r.scores), float(r.pooled)) for r in results]
 
 
 def card(j: int, kind: str):
@@ -172,16 +173,17 @@ with right:
         slots[j] = card(j, "Harmful")
 
 if highlight and slots:
-    # every card is on the page already; tokens are scored one review at a time, then all are swapped in on one
+    # every card is on the page already; the tokens of all of them are scored together, then swapped in on one
     # colour scale (the largest |token score| over every card shown)
     status = st.empty()
+    status.caption(f"Scoring tokens of the {len(slots)} reviews shown…")
+    cards = tuple(slots)
+    scored = token_scores(
+        analysis.key, out.damping, token_key, cards, tuple(layers or ()), out.spec, (test_text, label),
+        ([analysis.train["text"].iloc[j] for j in cards], [int(analysis.train["label"].iloc[j]) for j in cards]),
+    )
     pieces = {}
-    for number, j in enumerate(slots, start=1):
-        status.caption(f"Scoring tokens: review {number} of {len(slots)}…")
-        tokens, scores, pooled = token_scores(
-            analysis.key, out.damping, token_key, j, tuple(layers or ()), out.spec,
-            (test_text, label), (analysis.train["text"].iloc[j], int(analysis.train["label"].iloc[j])),
-        )
+    for j, (tokens, scores, pooled) in zip(cards, scored, strict=True):
         # relative influence divides the card's score by sqrt(I(q, q) I(m, m)); its tokens are divided alike
         denominator = float(np.sqrt(max(self_test * self_train[j], 0.0))) if relative else 1.0 / out.scale
         pieces[j] = display_tokens(tokens, scores, pooled=pooled, denominator=denominator)

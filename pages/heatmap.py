@@ -13,7 +13,22 @@ common.ensure_frame()
 st.title("Influence heatmap")
 st.caption("Rows are test reviews, columns training reviews. " + common.SIGN_HELP)
 
-out, analysis = common.require_analysis()
+early = common.early_estimate()
+if early is not None:  # the exact pass is still running: draw the training-gradient index's estimate meanwhile
+    estimate, predictions = early
+    st.info("**Index estimate.** While the engine computes the exact scores (progress below), this is the "
+            "training-gradient index's estimate of the same influences (raw, damping "
+            f"{estimate.damping:g}, every analysed layer). The exact heatmap, its orderings and the pairs replace it "
+            "when they are done, and the Overview then says how closely the two agreed on these reviews.")
+    fig, shown = views.estimate_heatmap(estimate, predictions)
+    common.figure(fig, "influence_heatmap_estimate", key="heatmap_estimate")
+    if shown < estimate.matrix.shape[1]:
+        st.caption(f"Showing the {shown} of {estimate.matrix.shape[1]} training reviews with the largest total "
+                   "|estimated influence|.")
+    common.job_panel(common.frame().spec.key())
+    st.stop()
+
+out, analysis = common.require_analysis(rerun_when=common.estimate_ready)
 
 c1, c2, c3, c4 = st.columns(4)
 score_kind = c1.radio("Scores", ["raw", "relative"], horizontal=True, key="hm_kind", bind="query-params",

@@ -590,34 +590,50 @@ class InfluenceEngine:
         ``damping``: absolute, or relative when the config is (default: the config's value). ``layers``: the
         layers summed (default: all), so the tokens add up to the pairwise score over those layers.
         """
+        return self.token_influences(test_text, test_label, [train_text], [train_label], damping=damping,
+                                     layers=layers)[0]
+
+    def token_influences(self, test_text: str, test_label: int, train_texts: Sequence[str],
+                         train_labels: Sequence[int], *, damping: float | None = None,
+                         layers: Sequence[str] | None = None) -> list[TokenInfluence]:
+        """:meth:`token_influence` of several training texts on one test text, in their order.
+
+        The test text's preconditioned gradient is formed once and the training texts go through the model in
+        batches, so the cards of a page cost one query and one short pass instead of one of each per card.
+        """
         values = self.damping_values(None if damping is None else [damping])
         rotations, weights = self.preconditioner(values)
         test = self.encode([test_text], [test_label])
-        train = self.encode([train_text], [train_label])
+        train = self.encode(list(train_texts), list(train_labels))
+        chosen = list(self.layers) if layers is None else [n for n in self.layers if n in set(layers)]
         dtype = self.config.torch_dtype
+        lengths = train.lengths
+        scores = [torch.zeros(int(n), dtype=torch.float64) for n in lengths]
+        pooled = np.zeros(len(train))
         with self.session():
             queries, _, _ = self.query_gradients(test, rotations, weights, ProgressCounter(None, 1))
-            batch = next(iter(self._batches(train)))
-            _, captures = self.tracker.run(batch, _given_labels)
-        length = len(train.input_ids[0])
-        scores = torch.zeros(length, dtype=torch.float64)
-        pooled = 0.0
-        for name in self.layers if layers is None else [n for n in self.layers if n in set(layers)]:
-            capture, factors = captures[name], rotations[name]
-            out = capture.g.shape[-1]
-            query = queries[name][0].reshape(out, -1)
-            a, g = capture.a[0], capture.g[0, 0]  # [T, in], [T, out]
-            if factors is not None:
-                a = a @ factors.a_eigvecs.to(a.device, dtype)
-                g = g @ factors.g_eigvecs.to(g.device, dtype)
-            per_token = ((g @ query) * a).sum(-1).double().cpu()  # [T]
-            if per_token.shape[0] == length:
-                scores += per_token
-            else:
-                scores[0] += per_token.sum()
-                pooled += float(per_token.sum())
-        tokens = self.tokenizer.convert_ids_to_tokens(list(train.input_ids[0]))
-        return TokenInfluence(tokens=tokens, scores=scores.numpy(), total=float(scores.sum()), pooled=pooled)
+            for batch in self._batches(train):
+                _, captures = self.tracker.run(batch, _given_labels)
+                for name in chosen:
+                    capture, factors = captures[name], rotations[name]
+                    query = queries[name][0].reshape(capture.g.shape[-1], -1)
+                    a, g = capture.a, capture.g[0]  # [B, T, in], [B, T, out]; pads are zero
+                    if factors is not None:
+                        a = a @ factors.a_eigvecs.to(a.device, dtype)
+                        g = g @ factors.g_eigvecs.to(g.device, dtype)
+                    per_token = ((g @ query) * a).sum(-1).double().cpu()  # [B, T]
+                    for row, position in enumerate(batch.index):
+                        if per_token.shape[1] == 1 and lengths[position] != 1:  # a layer seeing the pooled vector
+                            scores[position][0] += per_token[row, 0]
+                            pooled[position] += float(per_token[row, 0])
+                        else:
+                            scores[position] += per_token[row, : lengths[position]]
+        out = []
+        for position, ids in enumerate(train.input_ids):
+            values_ = scores[position]
+            out.append(TokenInfluence(tokens=self.tokenizer.convert_ids_to_tokens(list(ids)), scores=values_.numpy(),
+                                      total=float(values_.sum()), pooled=float(pooled[position])))
+        return out
 
     # ----------------------------------------------------------------- predictions
     def predict_proba(self, texts: Texts) -> np.ndarray:

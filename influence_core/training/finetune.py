@@ -168,7 +168,7 @@ def finetune(
         out_dir: the folder to write. It must not exist, be empty, or hold an earlier fine-tune (replaced).
         epochs, lr, batch_size, max_length, seed, weight_decay: training hyper-parameters.
         freeze_embeddings: keep the input (word) embedding matrix fixed. On MiniLM it is half of the weights, so
-            this nearly halves a CPU fine-tune's time (the demo's recipe: same test accuracy, 39 s instead of 65 s
+            this cuts a CPU fine-tune by about a third (the demo's recipe: same test accuracy, 39 s instead of 56 s
             on 2 cores; see ``influence_core.demo``).
         eval_texts, eval_labels: optional held-out examples, scored once after training.
         progress: ``progress(done, total, stage)`` after every step (and for tokenize/evaluate/save).

@@ -111,7 +111,7 @@ def test_the_overview_shows_the_predictions_before_the_influence(app_env, monkey
         assert early["Test reviews"] == "6" and early["Training reviews"] == "12"
         assert any("being computed" in i.value for i in at.info)
         assert "sentence" not in [w.key for w in at.text_area]  # no sentence box before there is influence
-        at.switch_page("pages/heatmap.py").run()  # the other pages wait for the influence, and say where to look
+        at.switch_page("pages/explain.py").run()  # the other pages wait for the influence, and say where to look
         assert any("predictions are on the Overview" in i.value for i in at.info)
     finally:
         release.set()
@@ -124,6 +124,54 @@ def test_the_overview_shows_the_predictions_before_the_influence(app_env, monkey
     later = {m.label: m.value for m in at.metric}
     accuracy = float(np.mean(finished.test_pred == finished.test["label"].to_numpy()))
     assert early["Accuracy (test)"] == later["Accuracy (test)"] == f"{accuracy:.1%}"  # the same numbers as the analysis
+
+
+def test_the_heatmap_draws_the_index_estimate_until_the_exact_scores_exist(app_env, monkeypatch):
+    import threading
+
+    from explorer import analysis as analyses
+    from explorer import ui as common
+    from influence_core.engine.influence import InfluenceEngine
+
+    release = threading.Event()
+    score = InfluenceEngine.score
+
+    def held_score(self, *args, **kwargs):
+        assert release.wait(60)
+        return score(self, *args, **kwargs)
+
+    monkeypatch.setattr(InfluenceEngine, "score", held_score)
+    at = new_app({"test_n": "5", "train_n": "14", "seed": "4"})
+    at.run()
+    at.button(key="fit_main").click().run()
+    spec = _frame(at).spec
+    deadline = time.time() + 60
+    while not common.estimate_ready(spec) and time.time() < deadline:
+        time.sleep(0.2)
+    try:
+        at.switch_page("pages/heatmap.py").run()
+        no_exceptions(at)
+        assert common.job_runner().get(spec.key()).running
+        assert any("Index estimate" in i.value for i in at.info)
+        estimate = analyses.load_estimate(spec)
+        assert estimate.matrix.shape == (5, 14) and len(estimate.train) == 14
+        assert not any(s.value == "Most extreme pairs" for s in at.subheader)  # drawn from exact scores only
+    finally:
+        release.set()
+    job = _wait_for_job(at)
+    assert job.status == "done", job.error
+    at.run()
+    no_exceptions(at)
+    finished = _frame(at).analysis
+    assert any(s.value == "Most extreme pairs" for s in at.subheader)
+    exact = finished.influence(finished.damping_index(None))
+    agreement = finished.meta["index"]
+    if agreement["kind"] == "exact":  # the tiny model's index holds whole gradients: the estimate is the score
+        np.testing.assert_allclose(estimate.matrix, exact, rtol=1e-3, atol=1e-3 * np.abs(exact).max())
+    else:
+        assert agreement["median_pearson"] > 0.9
+    assert agreement["median_pearson"] == pytest.approx(
+        np.median([np.corrcoef(a, b)[0, 1] for a, b in zip(estimate.matrix, exact, strict=True)]))
 
 
 def test_view_damping_and_layers_rerender_without_gradients(computed, monkeypatch):

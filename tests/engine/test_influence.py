@@ -346,3 +346,24 @@ def test_damped_scores_in_column_slices_equal_the_whole_product(monkeypatch):
     for chunk in (7, 50, 8192):  # slices that do not divide the width, one slice, the default
         monkeypatch.setattr(influence, "DAMPED_CHUNK", chunk)
         assert torch.allclose(influence._damped_scores(query, rotated, weight), expected, rtol=0, atol=1e-12)
+
+
+def test_token_influences_of_many_cards_equal_one_card_at_a_time(tokenizer, texts, labels):
+    model = tiny_bert()
+    engine = _engine(model, tokenizer, layers="ffn,head", batch_size=3)  # several padded batches
+    engine.fit(texts)
+    total = engine.score(texts[:1], labels[:1], texts, labels).total(0)[0]
+    cards = [len(texts) - 1, 0, 3, 2, 1]
+    together = engine.token_influences(texts[0], labels[0], [texts[m] for m in cards], [labels[m] for m in cards])
+    assert len(together) == len(cards)
+    for m, many in zip(cards, together, strict=True):
+        one = engine.token_influence(texts[0], labels[0], texts[m], labels[m])
+        assert many.tokens == one.tokens and len(many.scores) == len(many.tokens)
+        _assert_close(many.scores, one.scores, rtol=1e-12)
+        assert many.pooled == pytest.approx(one.pooled, rel=1e-12, abs=1e-15) and many.pooled != 0
+        _assert_close(many.total, total[m], rtol=1e-9)  # the tokens add up to the card's score
+    head = [name for name in engine.layers if "classifier" in name or "pooler" in name]
+    only_head = engine.token_influences(texts[0], labels[0], [texts[m] for m in cards], [labels[m] for m in cards],
+                                        layers=head)
+    for many in only_head:  # the pooled layers put everything on the first token
+        assert many.scores[0] == pytest.approx(many.pooled) and not many.scores[1:].any()

@@ -176,3 +176,23 @@ def test_counterfactual_sentence_gives_a_verdict_only_beyond_the_spread():
     single = check([0.1], [[0.5, 0.5]], full=(0.5,))
     text = views.counterfactual_sentence(single)
     assert single.verdict == "too few retrains" and "No verdict" in text and "-0.400" in text
+
+
+def test_the_estimate_heatmap_keeps_the_strongest_columns_with_their_values():
+    from explorer.analysis import Estimate, Predictions
+
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(3, 8))
+    matrix[:, 5] *= 50  # the strongest training review
+    train = pd.DataFrame({"row_id": range(8), "text": [f"train <{j}>" for j in range(8)], "label": [0, 1] * 4})
+    test = pd.DataFrame({"row_id": range(3), "text": ["a", "b", "c"], "label": [0, 1, 1]})
+    predictions = Predictions(test=test, test_probs=np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]),
+                              label_names=["neg", "pos"], n_train=8)
+    fig, shown = views.estimate_heatmap(Estimate(matrix=matrix, train=train, damping=10.0), predictions,
+                                        max_columns=4)
+    keep = np.sort(np.argsort(-np.abs(matrix).sum(axis=0))[:4])
+    assert shown == 4 and 5 in keep
+    np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=float), matrix[:, keep])
+    assert list(fig.data[0].x) == [f"train {j}" for j in keep]
+    column = list(keep).index(5)
+    assert fig.data[0].customdata[0][column][1] == "train &lt;5&gt; · label pos"  # escaped text and its label

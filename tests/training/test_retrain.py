@@ -120,7 +120,7 @@ def studied_model(tiny_encoder_dir, corpus, tmp_path_factory):  # noqa: F811
 def test_recipe_of_a_finetuned_folder(studied_model, tiny_encoder_dir):  # noqa: F811
     recipe = recipe_of(studied_model)
     assert recipe.base == str(tiny_encoder_dir) and recipe.before == str(studied_model)
-    assert recipe.hyperparameters == TINY and recipe.label_names == tuple(NAMES)
+    assert recipe.hyperparameters == {**TINY, "freeze_embeddings": False} and recipe.label_names == tuple(NAMES)
     assert recipe_of(studied_model, epochs=1).hyperparameters["epochs"] == 1
     with pytest.raises(DataError, match="label names"):
         recipe_of(tiny_encoder_dir)
