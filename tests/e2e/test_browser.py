@@ -117,7 +117,8 @@ def test_sidebar_choice_is_written_to_the_url(page, app_server):
     choose_option(page, sidebar.get_by_role("combobox", name="Method"), "kfac")
     page.wait_for_function("() => window.location.search.includes('method=kfac')")
     # a new method is a new analysis: other models ask first, the built-in demo starts it by itself
-    page.get_by_text("Nothing computed yet").or_(page.get_by_text("Computing this analysis")).first.wait_for()
+    started = page.get_by_text("then predicting the test reviews").or_(page.get_by_text("being computed"))
+    page.get_by_text("Nothing computed yet").or_(started).first.wait_for()
     # the link reproduces the view in a fresh tab
     url = page.url
     other = page.context.new_page()
