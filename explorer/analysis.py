@@ -179,7 +179,7 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
     needs_finetune = spec.model.kind == "demo" and not demo_model_ready()
     needs_fit = not factors_ready(spec)
     # share the bar in proportion to the costs measured on the demo (2 cores): fine-tune 39 s, fit and index 34 s,
-    # scoring 40 test reviews at 5 dampings 47 s (benchmarks/first_visit.py)
+    # scoring 40 test reviews at 5 dampings 47 s (benchmarks/demo_finetune.py; a development profile for the rest)
     weights = {"model": 4.0 if needs_finetune else 0.3, "fit": 3.5 if needs_fit else 0.1, "score": 5.0}
     total = sum(weights.values())
     edges = np.cumsum([0.0] + [w / total for w in weights.values()])

@@ -436,7 +436,8 @@ def url_choice(widget, label: str, options, *, key: str, default=None, **kwargs)
 #: Seconds between redraws of a running job's progress. Each redraw costs the job far more than its own few ms
 #: when the browser shares the machine's cores: on 2 cores the demo's analysis took 81 s with no browser
 #: watching, 144 s redrawn every second (st.status), 133 s every second without the spinning icon, 114 s every
-#: 2 s (``python -m benchmarks.first_visit --cache model``, one run each).
+#: 2 s (development runs of ``benchmarks/first_visit.py --cache model`` on intermediate versions, one run each;
+#: ``benchmarks/FIRST_VISIT.md``).
 REFRESH_S = 2.0
 
 def start_analysis(out: Frame) -> Job:
@@ -446,7 +447,7 @@ def start_analysis(out: Frame) -> Job:
 
 
 def job_panel(key: str, *, on_done: str = "rerun", rerun_when=None) -> Job | None:
-    """Progress of the job ``key`` with a Cancel button; refreshes itself every second while it runs.
+    """Progress of the job ``key`` with a Cancel button; redraws itself every :data:`REFRESH_S` s while it runs.
 
     ``rerun_when()`` returning True while the job runs reruns the whole page once (e.g. when the job has saved a
     first result the page can draw).

@@ -63,7 +63,8 @@ def predictions_table() -> None:
 st.subheader("Try a sentence, or search the training set")
 if analysis is None:  # the first visit: the predictions are drawn, the influence is still being computed
     st.info("Next: which training reviews are responsible for these predictions. The influence of every training "
-            "review is being computed (progress below); this box and every other page fill in when it is done.")
+            "review is being computed (progress below); this box and the other pages fill in when it is done (the "
+            "heatmap shows the training-gradient index's estimate sooner).")
     common.job_panel(out.spec.key())
     predictions_table()
     st.stop()

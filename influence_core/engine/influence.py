@@ -63,7 +63,8 @@ def _damped_scores(query: torch.Tensor, rotated: torch.Tensor, weight: torch.Ten
 
     The K damping weightings of the batch's rotated gradients are formed a slice of columns at a time: the whole
     [K * B, out * in] product is hundreds of MB per layer, and writing and reading it back cost twice the matrix
-    product on 2 cores (measured 0.12 s against 0.055 s per FFN layer and batch of 16, 5 dampings, 40 queries).
+    product on 2 cores (a development micro-benchmark: 0.12 s against 0.055 s per FFN layer and batch of 16, 5
+    dampings, 40 queries).
     """
     k, b = weight.shape[0], rotated.shape[0]
     out = torch.zeros(query.shape[0], k * b, dtype=query.dtype, device=query.device)
