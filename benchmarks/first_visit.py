@@ -23,52 +23,22 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, QUIET_SERVER, serve_app  # as the browser tests
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 MILESTONES = ("page", "predictions", "heatmap", "exact")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _serve(cache: Path) -> tuple[subprocess.Popen, str]:
+def _env(cache: Path) -> dict:
     env = dict(os.environ, INFLUENCE_EXPLORER_CACHE=str(cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("INFLUENCE_EXPLORER_MODEL", None)
-    port = _free_port()
-    log = open(cache / "streamlit.log", "w")  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.fileWatcherType",
-         "none", "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return process, url
-        except OSError:
-            time.sleep(0.5)
-        if process.poll() is not None:
-            break
-    process.terminate()
-    raise RuntimeError(f"streamlit did not start; see {cache / 'streamlit.log'}")
+    env.pop("INFLUENCE_EXPLORER_MODEL", None)  # the built-in demo, as a newcomer gets it
+    return env
 
 
 def one_run(cache_mode: str, timeout_s: float, shots: Path | None = None) -> dict:
@@ -79,31 +49,26 @@ def one_run(cache_mode: str, timeout_s: float, shots: Path | None = None) -> dic
         if cache_mode == "model":
             source = Path.home() / ".cache" / "influence-explorer" / "models"
             shutil.copytree(source, cache / "models")
-        process, url = _serve(cache)
         seconds: dict[str, float] = {}
-        try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-                page.set_default_timeout(timeout_s * 1000)
-                started = time.perf_counter()
-                page.goto(url)
-                page.locator("h1").first.wait_for()
-                seconds["page"] = time.perf_counter() - started
-                page.get_by_text("Accuracy (test)").first.wait_for()
-                seconds["predictions"] = time.perf_counter() - started
-                page.goto(f"{url}/heatmap")  # the next page a newcomer opens
-                page.locator('[data-testid="stPlotlyChart"]').first.wait_for()  # the index estimate, or exact
-                seconds["heatmap"] = time.perf_counter() - started
-                if shots is not None and page.get_by_text("Index estimate").count():
-                    page.wait_for_timeout(1500)
-                    page.screenshot(path=str(shots / "heatmap_estimate.png"), full_page=True)
-                page.get_by_text("Most extreme pairs").wait_for()  # drawn from the exact scores only
-                seconds["exact"] = time.perf_counter() - started
-                browser.close()
-        finally:
-            process.terminate()
-            process.wait(20)
+        with serve_app(cache / "streamlit.log", _env(cache), QUIET_SERVER) as (url, _), sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+            page.set_default_timeout(timeout_s * 1000)
+            started = time.perf_counter()
+            page.goto(url)
+            page.locator("h1").first.wait_for()
+            seconds["page"] = time.perf_counter() - started
+            page.get_by_text("Accuracy (test)").first.wait_for()
+            seconds["predictions"] = time.perf_counter() - started
+            page.goto(f"{url}/heatmap")  # the next page a newcomer opens
+            page.locator('[data-testid="stPlotlyChart"]').first.wait_for()  # the index estimate, or exact
+            seconds["heatmap"] = time.perf_counter() - started
+            if shots is not None and page.get_by_text("Index estimate").count():
+                page.wait_for_timeout(1500)
+                page.screenshot(path=str(shots / "heatmap_estimate.png"), full_page=True)
+            page.get_by_text("Most extreme pairs").wait_for()  # drawn from the exact scores only
+            seconds["exact"] = time.perf_counter() - started
+            browser.close()
         record = {name: round(value, 1) for name, value in seconds.items()}
         record.update(_stage_seconds(cache))
         return record

@@ -214,6 +214,9 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
     folder = analysis_dir(spec)
     if cancel is not None:
         cancel()
+    # the reviews first: the early predictions and estimate below read them back, and so does the finished analysis
+    _table_for_disk(train).to_parquet(folder / "train.parquet", index=False)
+    _table_for_disk(test).to_parquet(folder / "test.parquet", index=False)
     save_predictions(folder, Predictions(test=test, test_probs=engine.predict_proba(test["text"].tolist()),
                                          label_names=list(loaded.label_names), n_train=len(train), notes=notes))
     fitted = "reused"
@@ -246,7 +249,7 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
         # the agreement with the exact scores is measured on it afterwards
         index = index or GradientIndex.load(index_dir(spec), engine, train["text"].tolist(), train["label"].to_numpy())
         estimates = index.estimates(test["text"].tolist(), test["label"].to_numpy(), dampings=[spec.chosen_damping])[0]
-        save_estimate(folder, estimates, train, spec.chosen_damping)
+        save_estimate(folder, estimates, spec.chosen_damping)
     table = engine.score(
         test["text"].tolist(),
         test["label"].to_numpy(),
@@ -261,8 +264,6 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
         agreement.update(kind=index.meta["kind"], bytes_per_example=index.bytes_per_example,
                          basis=index.meta.get("basis", "random"), entries=int(index.rows.shape[1]))
     table.save(folder / "scores.npz")
-    _table_for_disk(train).to_parquet(folder / "train.parquet", index=False)
-    _table_for_disk(test).to_parquet(folder / "test.parquet", index=False)
     seconds = time.time() - started
     meta = {
         "format_version": FORMAT_VERSION,
@@ -316,8 +317,8 @@ PREDICTIONS_FILE = "predictions.json"
 
 
 def save_predictions(folder: Path, predictions: Predictions) -> None:
-    """Write the predictions of an analysis still being computed (the JSON, written last, marks them complete)."""
-    _table_for_disk(predictions.test).to_parquet(folder / "predictions.parquet", index=False)
+    """Write the predictions of an analysis still being computed, next to its ``test.parquet`` (the JSON, written
+    last, marks them complete)."""
     np.save(folder / "test_probs.npy", predictions.test_probs)
     record = {"label_names": predictions.label_names, "n_train": predictions.n_train, "notes": predictions.notes}
     staged = folder / f".{PREDICTIONS_FILE}.tmp"
@@ -326,15 +327,13 @@ def save_predictions(folder: Path, predictions: Predictions) -> None:
 
 
 def load_predictions(spec: AnalysisSpec) -> Predictions | None:
-    """The test predictions of ``spec``'s analysis: from the finished analysis, else from the early save, else None."""
-    finished = load_analysis(spec)
-    if finished is not None:
-        return finished.predictions
+    """The test predictions saved early by ``spec``'s analysis, or None before they exist (a finished analysis has
+    them as :attr:`Analysis.predictions`)."""
     folder = analysis_dir(spec)
     if not (folder / PREDICTIONS_FILE).is_file():
         return None
     record = json.loads((folder / PREDICTIONS_FILE).read_text(encoding="utf-8"))
-    return Predictions(test=pd.read_parquet(folder / "predictions.parquet"), test_probs=np.load(folder / "test_probs.npy"),
+    return Predictions(test=pd.read_parquet(folder / "test.parquet"), test_probs=np.load(folder / "test_probs.npy"),
                        label_names=record["label_names"], n_train=int(record["n_train"]), notes=record["notes"])
 
 
@@ -354,9 +353,9 @@ class Estimate:
     damping: float
 
 
-def save_estimate(folder: Path, matrix: np.ndarray, train: pd.DataFrame, damping: float) -> None:
+def save_estimate(folder: Path, matrix: np.ndarray, damping: float) -> None:
+    """Write the index estimate of an analysis still being computed, next to its ``train.parquet``."""
     np.save(folder / "estimate.npy", np.asarray(matrix, dtype=np.float64))
-    _table_for_disk(train).to_parquet(folder / "estimate_train.parquet", index=False)
     staged = folder / f".{ESTIMATE_FILE}.tmp"
     staged.write_text(json.dumps({"damping": float(damping)}), encoding="utf-8")
     staged.replace(folder / ESTIMATE_FILE)
@@ -368,7 +367,7 @@ def load_estimate(spec: AnalysisSpec) -> Estimate | None:
     if not (folder / ESTIMATE_FILE).is_file():
         return None
     record = json.loads((folder / ESTIMATE_FILE).read_text(encoding="utf-8"))
-    return Estimate(matrix=np.load(folder / "estimate.npy"), train=pd.read_parquet(folder / "estimate_train.parquet"),
+    return Estimate(matrix=np.load(folder / "estimate.npy"), train=pd.read_parquet(folder / "train.parquet"),
                     damping=float(record["damping"]))
 
 

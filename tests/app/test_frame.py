@@ -82,10 +82,11 @@ def test_fit_and_score_runs_in_the_background_and_pages_reuse_it(app_env):
     np.testing.assert_array_equal(_frame(other).analysis.influence(), first.influence())
 
 
-def test_the_overview_shows_the_predictions_before_the_influence(app_env, monkeypatch):
+def _start_with_the_exact_pass_held(monkeypatch, query: dict, ready):
+    """Click Fit and score with the engine's exact pass held back until the returned event is set; waits until
+    ``ready(spec)`` (an early result is saved) and returns ``(at, spec, release)``."""
     import threading
 
-    from explorer import ui as common
     from influence_core.engine.influence import InfluenceEngine
 
     release = threading.Event()
@@ -96,13 +97,21 @@ def test_the_overview_shows_the_predictions_before_the_influence(app_env, monkey
         return score(self, *args, **kwargs)
 
     monkeypatch.setattr(InfluenceEngine, "score", held_score)
-    at = new_app({"test_n": "6", "train_n": "12", "seed": "3"})
+    at = new_app(query)
     at.run()
     at.button(key="fit_main").click().run()
     spec = _frame(at).spec
     deadline = time.time() + 60
-    while not common.predictions_ready(spec) and time.time() < deadline:
+    while not ready(spec) and time.time() < deadline:
         time.sleep(0.2)
+    return at, spec, release
+
+
+def test_the_overview_shows_the_predictions_before_the_influence(app_env, monkeypatch):
+    from explorer import ui as common
+
+    at, spec, release = _start_with_the_exact_pass_held(monkeypatch, {"test_n": "6", "train_n": "12", "seed": "3"},
+                                                        common.predictions_ready)
     try:
         at.run()
         no_exceptions(at)
@@ -127,27 +136,11 @@ def test_the_overview_shows_the_predictions_before_the_influence(app_env, monkey
 
 
 def test_the_heatmap_draws_the_index_estimate_until_the_exact_scores_exist(app_env, monkeypatch):
-    import threading
-
     from explorer import analysis as analyses
     from explorer import ui as common
-    from influence_core.engine.influence import InfluenceEngine
 
-    release = threading.Event()
-    score = InfluenceEngine.score
-
-    def held_score(self, *args, **kwargs):
-        assert release.wait(60)
-        return score(self, *args, **kwargs)
-
-    monkeypatch.setattr(InfluenceEngine, "score", held_score)
-    at = new_app({"test_n": "5", "train_n": "14", "seed": "4"})
-    at.run()
-    at.button(key="fit_main").click().run()
-    spec = _frame(at).spec
-    deadline = time.time() + 60
-    while not common.estimate_ready(spec) and time.time() < deadline:
-        time.sleep(0.2)
+    at, spec, release = _start_with_the_exact_pass_held(monkeypatch, {"test_n": "5", "train_n": "14", "seed": "4"},
+                                                        common.estimate_ready)
     try:
         at.switch_page("pages/heatmap.py").run()
         no_exceptions(at)

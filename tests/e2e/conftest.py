@@ -9,6 +9,7 @@ Skipped when Chromium or Playwright is missing. By default the app uses a tiny l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,34 +77,47 @@ def app_server(tmp_path_factory):
         from tests.app.conftest import build_tiny_classifier
 
         env["INFLUENCE_EXPLORER_MODEL"] = str(build_tiny_classifier(tmp_path_factory.mktemp("tiny_classifier")))
+    with serve_app(cache / "streamlit.log", env, QUIET_SERVER) as (url, _):
+        yield url
+
+
+#: Flags the browser tests and the first-visit benchmark add to ``serve_app``: no file watcher, no usage stats.
+QUIET_SERVER = ("--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false")
+
+
+@contextlib.contextmanager
+def serve_app(log_path: Path, env: dict, extra_args: tuple[str, ...] = ()) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``streamlit run app.py`` as ``make app`` runs it (plus ``extra_args``) on a free local port with ``env``,
+    logging to ``log_path``; yields ``(url, process)`` once the server is healthy and stops it afterwards."""
     port = _free_port()
-    log = open(cache / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.fileWatcherType",
-         "none", "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
+             "127.0.0.1", "--server.port", str(port), *extra_args],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
         try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited early; see {cache / 'streamlit.log'}")
-    else:
-        process.terminate()
-        raise RuntimeError("streamlit did not become healthy within 120 s")
-    yield url
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.time() + 120
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"streamlit exited early; see {log_path}")
+                if time.time() > deadline:
+                    raise RuntimeError("streamlit did not become healthy within 120 s")
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.5)
+            yield url, process
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, _free_port, no_error_on_page, open_page, wait_idle
+from tests.e2e.conftest import ROOT, no_error_on_page, open_page, serve_app, wait_idle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -48,36 +45,8 @@ def serve(folder: Path, extra_args: tuple[str, ...] = ()):
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env["INFLUENCE_EXPLORER_CACHE"] = str(folder / "cache")
     env["INFLUENCE_EXPLORER_MODEL"] = str(build_tiny_classifier(folder / "tiny_classifier"))
-    port = _free_port()
-    log_path = folder / "streamlit.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
-             "127.0.0.1", "--server.port", str(port), *extra_args],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.time() + 120
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"streamlit exited early; see {log_path}")
-                if time.time() > deadline:
-                    raise RuntimeError("streamlit did not become healthy within 120 s")
-                try:
-                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.5)
-            yield url, process
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+    with serve_app(folder / "streamlit.log", env, extra_args) as served:
+        yield served
 
 
 def idle_cpu(browser, folder: Path, extra_args: tuple[str, ...] = (), seconds: float = QUIET_S) -> float:
