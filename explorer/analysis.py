@@ -248,8 +248,9 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
         # the index's estimate at the chosen damping: the heatmap draws it while the exact pass below runs, and
         # the agreement with the exact scores is measured on it afterwards
         index = index or GradientIndex.load(index_dir(spec), engine, train["text"].tolist(), train["label"].to_numpy())
-        estimates = index.estimates(test["text"].tolist(), test["label"].to_numpy(), dampings=[spec.chosen_damping])[0]
-        save_estimate(folder, estimates, spec.chosen_damping)
+        by_layer = index.layer_estimates(test["text"].tolist(), test["label"].to_numpy(), damping=spec.chosen_damping)
+        estimates = by_layer.sum(axis=0)
+        save_estimate(folder, estimates, spec.chosen_damping, by_layer=by_layer, layers=list(engine.layers))
     table = engine.score(
         test["text"].tolist(),
         test["label"].to_numpy(),
@@ -263,6 +264,9 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
         agreement = index_agreement(estimates, table.total(table.damping_index(spec.chosen_damping)))
         agreement.update(kind=index.meta["kind"], bytes_per_example=index.bytes_per_example,
                          basis=index.meta.get("basis", "random"), entries=int(index.rows.shape[1]))
+        k = table.damping_index(spec.chosen_damping)  # and per layer, for the Layers page's early estimate
+        agreement["layers"] = {name: index_agreement(by_layer[i], table.pairwise[k, table.layers.index(name)])
+                               ["median_pearson"] for i, name in enumerate(engine.layers)}
     table.save(folder / "scores.npz")
     seconds = time.time() - started
     meta = {
@@ -342,22 +346,35 @@ ESTIMATE_FILE = "estimate.json"
 
 @dataclass
 class Estimate:
-    """The training-gradient index's influence estimate [n_test, n_train] of an analysis still being computed.
+    """The training-gradient index's influence estimate of an analysis still being computed.
 
-    Raw influence at the chosen ``damping``, over every analysed layer; the exact scores replace it when the
-    analysis is done.
+    Raw influence at the chosen ``damping``; the exact scores replace it when the analysis is done.
+
+    Attributes:
+        matrix: Over every analysed layer, [n_test, n_train]; positive = helpful.
+        train: The training reviews (as in :class:`Analysis`).
+        damping: The damping of the estimate (absolute or relative, as the analysis).
+        layers: The analysed layers, in the engine's order.
+        by_layer: The same per layer, [n_layers, n_test, n_train] (``matrix`` is its sum), or None when saved by an
+            older version.
     """
 
     matrix: np.ndarray
     train: pd.DataFrame
     damping: float
+    layers: list[str] = field(default_factory=list)
+    by_layer: np.ndarray | None = None
 
 
-def save_estimate(folder: Path, matrix: np.ndarray, damping: float) -> None:
+def save_estimate(folder: Path, matrix: np.ndarray, damping: float, *, by_layer: np.ndarray | None = None,
+                  layers: Sequence[str] = ()) -> None:
     """Write the index estimate of an analysis still being computed, next to its ``train.parquet``."""
     np.save(folder / "estimate.npy", np.asarray(matrix, dtype=np.float64))
+    if by_layer is not None:
+        np.save(folder / "estimate_layers.npy", np.asarray(by_layer, dtype=np.float32))
     staged = folder / f".{ESTIMATE_FILE}.tmp"
-    staged.write_text(json.dumps({"damping": float(damping)}), encoding="utf-8")
+    staged.write_text(json.dumps({"damping": float(damping), "layers": list(layers),
+                                  "by_layer": by_layer is not None}), encoding="utf-8")
     staged.replace(folder / ESTIMATE_FILE)
 
 
@@ -367,8 +384,9 @@ def load_estimate(spec: AnalysisSpec) -> Estimate | None:
     if not (folder / ESTIMATE_FILE).is_file():
         return None
     record = json.loads((folder / ESTIMATE_FILE).read_text(encoding="utf-8"))
+    by_layer = np.load(folder / "estimate_layers.npy") if record.get("by_layer") else None
     return Estimate(matrix=np.load(folder / "estimate.npy"), train=pd.read_parquet(folder / "train.parquet"),
-                    damping=float(record["damping"]))
+                    damping=float(record["damping"]), layers=list(record.get("layers", [])), by_layer=by_layer)
 
 
 def load_analysis(spec: AnalysisSpec) -> Analysis | None:

@@ -451,18 +451,25 @@ def stability_heatmap(stability: pd.DataFrame, metric: str = "spearman", *, titl
 
 def damping_curve(
     dampings: Sequence[float], values: Mapping[str, Sequence[float]], *, chosen: float | None = None, title: str = "",
-    axis_title: str = "influence",
+    axis_title: str = "influence", marks: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> go.Figure:
-    """Influence of one pair as a function of damping (log x axis), one line per layer or total."""
+    """Influence of one pair as a function of damping (log x axis), one line per layer or total.
+
+    ``marks`` ``(x, y)``: points drawn over the curves (the values an analysis scored, to show they lie on them).
+    """
     fig = go.Figure()
+    fine = len(dampings) > 8  # a fine grid reads as a curve; a handful of values keep their markers
     for name, series in values.items():
         fig.add_scatter(
             x=list(dampings),
             y=list(series),
-            mode="lines+markers",
+            mode="lines" if fine else "lines+markers",
             name=html.escape(short_layer_name(name)),
             line={"width": 3} if name == "total" else {"width": 1.5},
         )
+    if marks is not None:
+        fig.add_scatter(x=list(marks[0]), y=list(marks[1]), mode="markers", name="total, scored in the analysis",
+                        marker={"size": 11, "symbol": "circle-open", "line": {"width": 2}, "color": "black"})
     if chosen is not None:
         fig.add_vline(x=chosen, line_dash="dot", line_color=NEUTRAL)
     fig.add_hline(y=0, line_color=NEUTRAL, line_width=1)
@@ -471,6 +478,47 @@ def damping_curve(
         xaxis={"title": "damping", "type": "log"},
         yaxis={"title": f"{html.escape(axis_title)} ({SIGN_NOTE})"},
         margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        height=380,
+    )
+    return fig
+
+
+def sweep_figure(estimated: pd.DataFrame, exact: pd.DataFrame | None = None, *, fidelity: pd.DataFrame | None = None,
+                 chosen: float | None = None, title: str = "") -> go.Figure:
+    """How one test review's influences at each damping agree with those at the chosen one (log x axis).
+
+    Args:
+        estimated: ``explorer.sweep.agreement`` of the index estimates on a fine grid (lines).
+        exact: The same from the exact scores at the computed dampings (markers), or None.
+        fidelity: ``explorer.sweep.fidelity``: the index's Pearson with the exact scores at those dampings (grey
+            diamonds: where they are low, the lines are not to be trusted), or None.
+        chosen: The reference damping (a dotted line).
+    """
+    columns = ["pearson", "top_kept"]
+    shown = [estimated[columns].to_numpy()] + ([exact[columns].to_numpy()] if exact is not None else []) \
+        + ([fidelity[["pearson"]].to_numpy()] if fidelity is not None else [])
+    lowest = float(np.nanmin(np.concatenate([values.ravel() for values in shown])))
+    fig = go.Figure()
+    series = (("pearson", "Pearson over all training reviews", HELPFUL),
+              ("top_kept", "top-10 helpful and harmful kept", HARMFUL))
+    for column, name, colour in series:
+        fig.add_scatter(x=estimated["damping"], y=estimated[column], mode="lines", name=f"{name} (index)",
+                        line={"color": colour, "width": 2}, legendgroup=column)
+        if exact is not None:
+            fig.add_scatter(x=exact["damping"], y=exact[column], mode="markers", name=f"{name} (exact)",
+                            marker={"color": colour, "size": 10, "symbol": "circle-open", "line": {"width": 2}},
+                            legendgroup=column)
+    if fidelity is not None:
+        fig.add_scatter(x=fidelity["damping"], y=fidelity["pearson"], mode="markers", name="index against exact",
+                        marker={"color": NEUTRAL, "size": 10, "symbol": "diamond"})
+    if chosen is not None:
+        fig.add_vline(x=chosen, line_dash="dot", line_color=NEUTRAL)
+    fig.update_layout(
+        title={"text": html.escape(title)} if title else None,
+        xaxis={"title": "damping", "type": "log"},
+        yaxis={"title": "agreement (Pearson, share kept)", "range": [lowest - 0.05, 1.05]},
+        legend=TOP_RIGHT_LEGEND,
+        margin={"l": 10, "r": 10, "t": 60 if title else 40, "b": 10},
         height=380,
     )
     return fig

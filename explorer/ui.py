@@ -631,8 +631,10 @@ def table(frame_: pd.DataFrame, name: str, *, key: str | None = None, **kwargs) 
     return result
 
 
-def review_label(analysis: Analysis, which: str, index: int, *, width: int = 70) -> str:
-    """``#12 · positive → predicted negative · "It was…"`` for select boxes (plain text, Streamlit escapes it)."""
+def review_label(analysis: Analysis | analyses.Predictions, which: str, index: int, *, width: int = 70) -> str:
+    """``#12 · positive → predicted negative · "It was…"`` for select boxes (plain text, Streamlit escapes it).
+
+    ``analysis`` may be the :class:`~explorer.analysis.Predictions` alone for ``which="test"``."""
     from explorer.highlight import snippet
 
     frame_ = analysis.test if which == "test" else analysis.train

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,14 +59,48 @@ def estimate_heatmap(estimate: Estimate, predictions: Predictions, max_columns: 
 
 def layer_shares(scores: ScoreTable, k: int, layers: Sequence[str], test_index: int | None = None) -> dict[str, float]:
     """Each layer's share of the total absolute influence (over all pairs, or one test review's row)."""
-    parts = {}
-    for name in layers:
-        block = scores.pairwise[k, scores.layers.index(name)]
-        if test_index is not None:
-            block = block[test_index]
-        parts[name] = float(np.abs(block).sum())
+    blocks = {name: scores.pairwise[k, scores.layers.index(name)] for name in layers}
+    return _shares(blocks if test_index is None else {name: block[test_index] for name, block in blocks.items()})
+
+
+def _shares(blocks: Mapping[str, np.ndarray]) -> dict[str, float]:
+    parts = {name: float(np.abs(block).sum()) for name, block in blocks.items()}
     total = sum(parts.values()) or 1.0
     return {name: value / total for name, value in parts.items()}
+
+
+@dataclass
+class LayerEstimate:
+    """What the Layers page draws from an index estimate while the exact scores are computed.
+
+    Attributes:
+        columns: The training reviews shown, most helpful (estimated) first, [n_bars].
+        by_layer: ``{layer: [n_bars]}`` estimated raw influence of those reviews on the test review.
+        hover: Hover text of each shown training review.
+        shares: ``{layer: share}`` of the test review's estimated total |influence| (all training reviews).
+    """
+
+    columns: np.ndarray
+    by_layer: dict[str, np.ndarray]
+    hover: list[str]
+    shares: dict[str, float]
+
+
+def estimate_layers(estimate: Estimate, test_index: int, n_bars: int) -> LayerEstimate:
+    """The Layers page's bars and shares for test review ``test_index`` from ``estimate.by_layer`` (which must be
+    saved): the ``n_bars`` training reviews of largest |estimated total|, most helpful on the left."""
+    from explorer.figures import hover_text
+
+    by_layer = estimate.by_layer
+    total = by_layer[:, test_index].sum(axis=0)
+    top = np.argsort(-np.abs(total))[:n_bars]
+    top = top[np.argsort(-total[top])]
+    blocks = dict(zip(estimate.layers, by_layer, strict=True))
+    return LayerEstimate(
+        columns=top, by_layer={name: block[test_index, top] for name, block in blocks.items()},
+        hover=[hover_text(estimate.train["text"].iloc[j], estimate.train["label_name"].iloc[j]
+                          if "label_name" in estimate.train else estimate.train["label"].iloc[j]) for j in top],
+        shares=_shares({name: block[test_index] for name, block in blocks.items()}))
 
 
 @dataclass

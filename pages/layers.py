@@ -13,7 +13,30 @@ common.ensure_frame()
 st.title("Layers")
 st.caption("Influence is a sum over layers. Which layers carry it, and do they agree? " + common.SIGN_HELP)
 
-out, analysis = common.require_analysis()
+early = common.early_estimate()
+if early is not None and early[0].by_layer is not None:  # the exact pass still runs: the index's estimate meanwhile
+    estimate, predictions = early
+    st.info("**Index estimate.** While the engine computes the exact scores (progress below), these are the "
+            f"training-gradient index's per-layer estimates (raw influence, damping {estimate.damping:g}): each "
+            "layer's score on the entries of its gradients of largest curvature. The exact layers and the per-layer "
+            "heatmap replace this when they are done, and say how closely the two agreed.")
+    c1, c2 = st.columns([3, 1])
+    with c1:
+        q = common.url_choice(st.selectbox, "Test review", range(len(predictions.test)), key="test",
+                              format_func=lambda i: common.review_label(predictions, "test", i))
+    n_bars = c2.number_input("Training reviews", 5, 200, 30, step=5, key="ly_n", bind="query-params",
+                             help="The training reviews with the largest total |estimated influence|.")
+    view = views.estimate_layers(estimate, int(q or 0), int(n_bars))
+    st.subheader("Layerwise influence on one test review (index estimate)")
+    common.figure(figures.layerwise_bars(view.by_layer, names=[f"#{j}" for j in view.columns], hover=view.hover,
+                                         colorbar_title="influence (index estimate)"),
+                  "layerwise_estimate", key="ly_bars_estimate")
+    st.subheader("Each layer's share of total |influence| (index estimate)")
+    common.figure(figures.layer_share_figure(view.shares), "layer_shares_estimate", key="ly_share_estimate")
+    common.job_panel(common.frame().spec.key())
+    st.stop()
+
+out, analysis = common.require_analysis(rerun_when=common.estimate_ready)
 scores = analysis.scores
 layers = out.layers
 
@@ -39,6 +62,13 @@ common.figure(
                            colorbar_title=out.unit_label),
     f"layerwise_test_{q}", key="ly_bars",
 )
+
+layer_agreement = (analysis.meta.get("index") or {}).get("layers")
+if layer_agreement:
+    worst = min(layer_agreement, key=layer_agreement.get)
+    st.caption(f"While these were computed the index's per-layer estimate was drawn; it agreed with the exact "
+               f"scores per layer with median Pearson {min(layer_agreement.values()):.2f} "
+               f"({common.short_layer(worst)}) to {max(layer_agreement.values()):.2f} over the test reviews.")
 
 st.subheader("Each layer's share of total |influence|")
 scope = st.radio("Over", ["this test review", "all test reviews"], horizontal=True, key="ly_scope", bind="query-params")

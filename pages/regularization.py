@@ -6,15 +6,16 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import figures, trust, views
+from explorer import figures, search, sweep, trust, views
 from explorer import ui as common
 
 common.ensure_frame()
 st.title("Regularization")
 st.caption(
     "Damping is added to the curvature before it is inverted: too little and a few tiny eigenvalues dominate, too "
-    "much and influence degrades to a plain gradient similarity. Every value below was scored in the same pass, so "
-    "switching between them in the sidebar is instant. " + common.SIGN_HELP
+    "much and influence degrades to a plain gradient similarity. The analysis scored five values in one pass "
+    "(switching between them in the sidebar is instant); the training-gradient index answers any value between "
+    "them. " + common.SIGN_HELP
 )
 
 out, analysis = common.require_analysis()
@@ -66,10 +67,62 @@ with c2:
     m = common.url_choice(st.selectbox, "Training review", range(scores.n_train), key="rg_m", default=default_m,
                           format_func=lambda j: common.review_label(analysis, "train", j))
 q, m = int(q or 0), int(m or 0)
-series = {"total": [scores.total(k, out.layers)[q, m] * out.scale for k in range(len(analysis.dampings))]}
-if len(out.layers) <= 16:
-    for name in out.layers:
-        series[name] = [scores.pairwise[k, scores.layers.index(name), q, m] * out.scale
-                        for k in range(len(analysis.dampings))]
-common.figure(figures.damping_curve(analysis.dampings, series, chosen=out.damping, axis_title=out.unit_label),
-              "damping_curve", key="rg_curve")
+grid = sweep.sweep_grid(analysis.dampings)
+
+
+@st.cache_data(show_spinner="Scoring the pair at every damping…", max_entries=32)
+def pair_curve(analysis_key: str, q: int, m: int, grid: tuple[float, ...], _spec, _analysis) -> dict[str, np.ndarray]:
+    return sweep.pair_curve(common.model_store(), _spec, _analysis, q, m, grid)
+
+
+curves = pair_curve(analysis.key, q, m, tuple(grid), out.spec, analysis)
+shown = ["total", *out.layers] if len(out.layers) <= 16 else ["total"]
+if len(out.layers) < len(scores.layers):  # the View's layer filter: the total over the chosen layers only
+    curves = {**curves, "total": np.sum([curves[name] for name in out.layers], axis=0)}
+series = {name: curves[name] * out.scale for name in shown}
+computed = [scores.total(k, out.layers)[q, m] * out.scale for k in range(len(analysis.dampings))]
+common.figure(figures.damping_curve(grid, series, chosen=out.damping, axis_title=out.unit_label,
+                                    marks=(analysis.dampings, computed)), "damping_curve", key="rg_curve")
+st.caption(f"Exact at {len(grid)} damping values: the engine scored this pair at all of them in one short pass of "
+           "the two reviews. The circles are the values the analysis scored; they lie on the curve.")
+
+st.subheader("Any damping value, from the index")
+sweep_result = None
+if analysis.meta.get("index"):
+    @st.cache_data(show_spinner="Asking the index at every damping…", max_entries=32)
+    def index_sweep(analysis_key: str, q: int, grid: tuple[float, ...], _spec, _analysis) -> sweep.Sweep | None:
+        return sweep.index_sweep(common.model_store(), _spec, _analysis, q, grid)
+
+    sweep_result = index_sweep(analysis.key, q, tuple(grid), out.spec, analysis)
+if sweep_result is None:
+    st.info("This analysis has no training-gradient index (computed by an older version): recompute it from the "
+            "sidebar to ask it at any damping.")
+    st.stop()
+index_info = analysis.meta["index"]
+faithful = sweep.fidelity(sweep_result, analysis, q)
+st.caption(f"How far can the damping move before test review #{q}'s explanation changes? The lines compare its "
+           f"influence on all {scores.n_train} training reviews at each damping with those at the chosen "
+           f"{out.damping:g}, as the index estimates them ({len(grid)} values in {sweep_result.seconds:.1f} s); the "
+           "circles are the same measures from the exact scores at the five computed values, and the diamonds how "
+           "well the index agreed with the exact scores there. The index keeps each gradient's entries of largest "
+           "curvature, so it sees least of what small dampings change: where the diamonds drop, trust the circles. "
+           "Over all analysed layers.")
+common.figure(figures.sweep_figure(sweep_result.agreement(out.damping), sweep.exact_agreement(analysis, q, out.damping),
+                                   fidelity=faithful, chosen=out.damping), "damping_sweep", key="rg_sweep")
+value = st.select_slider("Damping", grid, value=out.damping, format_func=lambda v: f"{v:g}", key="rg_damping",
+                         help="Any value of the grid, scored or not: the index finds the candidates among all "
+                              "training reviews and the engine re-scores them exactly.")
+label = int(analysis.test["label"].iloc[q])
+result = search.search_training(common.model_store(), out.spec, analysis, analysis.test["text"].iloc[q], label=label,
+                                damping=value, top=5)
+exact = result.rows[result.rows["exact"] == 1]
+frame = common.reviews_table(analysis, "train", exact["train"].to_numpy(), exact["influence"].to_numpy() * out.scale,
+                             score_name=out.unit_label)
+frame.insert(0, "effect", exact["direction"].to_numpy())
+common.table(frame, f"damping_{value:g}_test_{q}", key="rg_answer",
+             column_config={"confidence": st.column_config.ProgressColumn(min_value=0, max_value=1, format="%.2f"),
+                            "text": st.column_config.TextColumn("text", width="large")})
+st.caption(f"Test review #{q} at damping {value:g} ({scores.damping_mode}): answered in {result.seconds:.1f} s. "
+           f"{search.index_description(index_info).capitalize()} proposed {result.candidates} training reviews per "
+           f"direction and the engine re-scored them exactly, over all analysed layers. On this analysis's test "
+           f"reviews the index agreed with the exact scores with median Pearson {index_info['median_pearson']:.3f}.")

@@ -224,6 +224,10 @@ class _Projector:
         """Layer blocks joined in layer order are stored as they are."""
         return joined
 
+    def layer_columns(self) -> dict[str, np.ndarray]:
+        """The stored columns of each layer's block, in layer order."""
+        return {name: np.arange(start, end) for name, (start, end) in self.offsets.items()}
+
 
 class _EigenSelector:
     """The ``eigen`` basis: the entries of every layer's rotated gradient ``U_G^T DW U_A`` whose eigenvalue is
@@ -285,6 +289,16 @@ class _EigenSelector:
     def arrange(self, joined: torch.Tensor) -> torch.Tensor:
         """Layer blocks joined in layer order -> the stored layout (heaviest entry first)."""
         return joined[..., self.order]
+
+    def layer_columns(self) -> dict[str, np.ndarray]:
+        """The stored columns that hold each layer's entries (ascending), in layer order."""
+        order = self.order.cpu().numpy()
+        columns, start = {}, 0
+        for name, (_, _, _, _, chosen) in self.selection.items():
+            end = start + len(chosen)
+            columns[name] = np.flatnonzero((order >= start) & (order < end))
+            start = end
+        return columns
 
 
 def _projector(meta: dict, dtype: torch.dtype, device, factors: Factors | None):
@@ -517,6 +531,30 @@ class GradientIndex:
         k, n = projected.shape[:2]
         out = self.lookup(projected.reshape(k * n, -1), entries=entries, chunk_rows=chunk_rows)
         return out.reshape(k, n, -1)
+
+    def layer_estimates(self, texts: Sequence[str] | Encoded, labels, *, damping: float | None = None,
+                        chunk_rows: int | None = None) -> np.ndarray:
+        """Index estimates per analysed layer, [n_layers, n_query, n_rows] in the engine's layer order; their sum
+        over layers is :meth:`estimates` at ``damping`` (absolute, or relative when the engine's config is; default
+        the config's value). Positive = helpful. One query pass; each stored chunk is read once for all layers."""
+        projected = self.query_rows(texts, labels, dampings=None if damping is None else [damping])[0]
+        columns = self.projector().layer_columns()
+        stored = self.rows
+        peak = projected.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        scaled = (projected / peak).to(torch.from_numpy(np.zeros(0, dtype=stored.dtype)).dtype)
+        n_rows = stored.shape[0]
+        chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (stored.shape[1] * stored.dtype.itemsize))
+        out = np.empty((len(columns), projected.shape[0], n_rows))
+        for s in range(0, n_rows, chunk_rows):
+            part = torch.from_numpy(np.array(stored[s:s + chunk_rows])).to(projected.device)
+            for i, cols in enumerate(columns.values()):
+                picked = torch.from_numpy(cols).to(projected.device)
+                out[i, :, s:s + chunk_rows] = (scaled.index_select(1, picked)
+                                               @ part.index_select(1, picked).T).double().cpu().numpy()
+        out *= peak.double().cpu().numpy()[None]
+        if self.scales is not None:
+            out *= self.scales[None, None, :]
+        return out
 
     def query_rows(self, texts: Sequence[str] | Encoded, labels, *,
                    dampings: Sequence[float] | None = None) -> torch.Tensor:

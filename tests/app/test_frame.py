@@ -149,11 +149,18 @@ def test_the_heatmap_draws_the_index_estimate_until_the_exact_scores_exist(app_e
         estimate = analyses.load_estimate(spec)
         assert estimate.matrix.shape == (5, 14) and len(estimate.train) == 14
         assert not any(s.value == "Most extreme pairs" for s in at.subheader)  # drawn from exact scores only
+        at.switch_page("pages/layers.py").run()  # Layers draws the per-layer estimate meanwhile
+        no_exceptions(at)
+        assert any("Index estimate" in i.value for i in at.info)
+        assert any("(index estimate)" in s.value for s in at.subheader)
+        assert estimate.by_layer.shape == (len(estimate.layers), 5, 14)
+        np.testing.assert_allclose(estimate.by_layer.sum(axis=0), estimate.matrix, rtol=1e-4,
+                                   atol=1e-5 * np.abs(estimate.matrix).max())
     finally:
         release.set()
     job = _wait_for_job(at)
     assert job.status == "done", job.error
-    at.run()
+    at.switch_page("pages/heatmap.py").run()
     no_exceptions(at)
     finished = _frame(at).analysis
     assert any(s.value == "Most extreme pairs" for s in at.subheader)
@@ -161,8 +168,15 @@ def test_the_heatmap_draws_the_index_estimate_until_the_exact_scores_exist(app_e
     agreement = finished.meta["index"]
     if agreement["kind"] == "exact":  # the tiny model's index holds whole gradients: the estimate is the score
         np.testing.assert_allclose(estimate.matrix, exact, rtol=1e-3, atol=1e-3 * np.abs(exact).max())
+        k = finished.damping_index(None)
+        for i, name in enumerate(estimate.layers):  # and each layer's estimate is that layer's score
+            layer = finished.scores.pairwise[k, finished.scores.layers.index(name)]
+            np.testing.assert_allclose(estimate.by_layer[i], layer, rtol=1e-3, atol=1e-3 * np.abs(exact).max())
     else:
         assert agreement["median_pearson"] > 0.9
+    assert set(agreement["layers"]) == set(estimate.layers)  # the per-layer agreement the Layers page quotes
+    if agreement["kind"] == "exact":
+        assert min(agreement["layers"].values()) > 0.999
     assert agreement["median_pearson"] == pytest.approx(
         np.median([np.corrcoef(a, b)[0, 1] for a, b in zip(estimate.matrix, exact, strict=True)]))
 

@@ -42,6 +42,19 @@ def test_identity_projection_equals_the_engine(method, tokenizer, texts, labels)
     _close(index.estimates(texts[:3], labels[:3])[0], expected)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
+def test_layer_estimates_are_the_engines_layers(dtype, tokenizer, texts, labels):
+    engine = _fitted(tokenizer, texts)
+    index = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=True, dtype=dtype))
+    expected = engine.score(texts[:3], labels[:3], texts, labels, dampings=[1e-2], self_influence=False)
+    got = index.layer_estimates(texts[:3], labels[:3], damping=1e-2, chunk_rows=4)  # several chunks
+    assert got.shape == (len(engine.layers), 3, len(texts))
+    tol = 1e-6 if dtype == "float64" else 2e-3
+    for i, _ in enumerate(engine.layers):
+        _close(got[i], expected.pairwise[0, i], tol)
+    _close(got.sum(axis=0), index.estimates(texts[:3], labels[:3], dampings=[1e-2])[0], tol)
+
+
 def test_a_damping_change_only_repreconditions_the_queries(tokenizer, texts, labels):
     engine = _fitted(tokenizer, texts)
     index = GradientIndex.build(engine, texts, labels, config=EXACT)
@@ -89,7 +102,7 @@ def test_an_eigen_index_is_the_engine_score_on_its_heaviest_entries(method, toke
     assert index.rows.shape == (len(texts), entries)
     train = GradientIndex.build(engine, texts, labels, config=EXACT)  # plain per-example gradients
     test = GradientIndex.build(engine, texts[:3], labels[:3], config=EXACT)
-    factors, expected, weights = engine.factors, 0.0, []
+    factors, expected, weights, by_layer = engine.factors, 0.0, [], []
     for name in engine.layers:
         layer = factors.layers[name]
         kfac = torch.outer(layer.g_eigvals, layer.a_eigvals)
@@ -105,8 +118,13 @@ def test_an_eigen_index_is_the_engine_score_on_its_heaviest_entries(method, toke
 
         keep = (weights[number] >= cutoff).reshape(out, width)
         lam = factors.eigenvalues(name, method) + DAMPING
-        expected = expected + torch.einsum("qij,mij->qm", rotated(test.rows) / lam * keep, rotated(train.rows))
+        layer_part = torch.einsum("qij,mij->qm", rotated(test.rows) / lam * keep, rotated(train.rows))
+        by_layer.append(layer_part.numpy())
+        expected = expected + layer_part
     _close(index.estimates(texts[:3], labels[:3])[0], expected.numpy(), 1e-9)
+    layerwise = index.layer_estimates(texts[:3], labels[:3])
+    for number in range(len(engine.layers)):  # each layer's estimate is the reference on that layer's entries
+        np.testing.assert_allclose(layerwise[number], by_layer[number], rtol=1e-9, atol=1e-9 * np.abs(expected.numpy()).max())
     exact = engine.score(texts[:3], labels[:3], texts, labels, self_influence=False).total(0)
     assert np.abs(index.estimates(texts[:3], labels[:3])[0] - exact).max() > 1e-6  # something was left out
 
