@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--candidates", type=int, default=100)
-    parser.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="index storage")
+    parser.add_argument("--dtype", default="float16", choices=["int8", "float16", "float32"], help="index storage")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--whiten-exponent", type=float, default=None, help="default: IndexConfig's")
     parser.add_argument("--allocation", default=None, choices=["square", "proportional"],

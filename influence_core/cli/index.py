@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     kind.add_argument("--exact", action="store_true", help="store exact per-example gradients (no projection)")
     kind.add_argument("--projected", action="store_true", help="always project, even when exact rows would fit")
     parser.add_argument("--memory-mb", type=int, default=512, help="exact rows are kept when they fit (default 512)")
-    parser.add_argument("--index-dtype", default=IndexConfig.dtype, choices=["float16", "float32", "float64"],
+    parser.add_argument("--index-dtype", default=IndexConfig.dtype, choices=["int8", "float16", "float32", "float64"],
                         help=f"storage of the index rows (default {IndexConfig.dtype})")
     parser.add_argument("--out", required=True, help="index folder to write (rows.npy, index.json, factors)")
     add_options(parser)

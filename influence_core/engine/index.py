@@ -58,10 +58,11 @@ ROWS_FILE = "rows.npy"
 SCALES_FILE = "scales.npy"
 META_FILE = "index.json"
 FACTORS_FILE = "factors.safetensors"
-STORAGE = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
+STORAGE = {"int8": np.int8, "float16": np.float16, "float32": np.float32, "float64": np.float64}
+SCALED = ("int8", "float16")  # storages whose rows carry a float32 scale each
 Progress = Callable[[int, int, str], None]
 CHUNK_BYTES = 256 * 1024**2  # stored rows read per product
-COARSE_ENTRIES = 8192  # columns of the coarse first pass of an eigen index (its heaviest entries)
+COARSE_BYTES = 16384  # bytes per row of the coarse first pass of an eigen index (its heaviest entries)
 SHORTLIST_FACTOR = 20  # rows the coarse pass keeps, per candidate asked for
 FIRST_ROUND = 20  # candidates per side the adaptive re-score starts with
 MARGIN_SIGMAS = 4.0  # how far (in measured standard deviations) a skipped candidate's estimate must stay off the top
@@ -80,9 +81,10 @@ class IndexConfig:
         memory_bytes: Budget for the stored rows when ``exact`` is None.
         seed: Seed of the projections (the same ones serve the queries).
         distribution: ``gaussian`` (``N(0, 1/k)``) or ``rademacher`` (``+-1/sqrt(k)``).
-        dtype: Storage of the rows: ``float16``, ``float32`` or ``float64`` (queries are computed in the engine's).
-            ``float16`` rows are stored divided by their largest entry (kept as a float32 scale per row), so small
-            gradients do not underflow.
+        dtype: Storage of the rows: ``int8``, ``float16``, ``float32`` or ``float64`` (queries are computed in the
+            engine's). ``float16`` rows are stored divided by their largest entry (kept as a float32 scale per row),
+            so small gradients do not underflow; ``int8`` rows are rounded to 127 steps of their largest entry (the
+            scale per row likewise), half the bytes of ``float16``, so twice the entries fit the same memory.
         allocation: ``square`` (``projection`` rows per side) or ``proportional`` (``projection**2`` split in the
             ratio ``out : in``).
         whiten_exponent: ``D = (lambda + eps * mean(lambda))^(-whiten_exponent)`` on each side, in the factors'
@@ -119,7 +121,7 @@ class IndexConfig:
         if self.entries is not None and self.entries < 1:
             raise ConfigError(f"the index needs at least 1 entry per example, got {self.entries}")
         if self.dtype not in STORAGE:
-            raise ConfigError(f"unknown index dtype {self.dtype!r}: use float16, float32 or float64")
+            raise ConfigError(f"unknown index dtype {self.dtype!r}: use int8, float16, float32 or float64")
 
 
 def training_hash(texts: Sequence[str], labels: Sequence[int] | np.ndarray) -> str:
@@ -274,6 +276,12 @@ class _EigenSelector:
         order = torch.sort(-torch.cat(kept_weights), stable=True).indices
         self.order = order.to(device)
         self.width = len(order)
+        # sqrt of each stored entry's K-FAC eigenvalue: the typical size of that entry of a gradient. Entries are
+        # stored heaviest first, so a row's later entries are far smaller than its first; int8 rows divided by this
+        # keep all of them at one scale per row (plain per-row int8 rounds most later entries to 0)
+        kept = torch.cat([factors.layers[name].kfac_eigenvalues().to(torch.float64)[rows][:, cols].reshape(-1)[chosen]
+                          for name, (_, _, rows, cols, chosen) in self.selection.items()])[order.cpu()]
+        self.column_scale = kept.clamp_min(float(kept.max()) * 1e-12 if len(kept) else 1.0).sqrt().to(device)
 
     def training_block(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         u_g, u_a, _, _, chosen = self.selection[name]
@@ -318,7 +326,7 @@ class GradientIndex:
             ``meta["rows"] = [start, stop]`` of the training set.
         meta: What the index was built for (JSON-able); ``kind`` is ``exact`` or ``projected``.
         engine: The engine that preconditions queries and re-scores candidates.
-        scales: Per-row factors [n_rows] the stored rows are multiplied by (float16 storage), or None.
+        scales: Per-row factors [n_rows] the stored rows are multiplied by (int8 and float16 storage), or None.
         train_texts, train_labels: The training set (needed by the exact re-scoring), or None.
     """
 
@@ -364,6 +372,10 @@ class GradientIndex:
             "distribution": config.distribution,
             "basis": config.basis,
             "dtype": config.dtype,
+            # int8 eigen rows are stored divided by sqrt(K-FAC eigenvalue) per entry (queries multiplied by it), so
+            # one scale per row suits every entry; see _EigenSelector.column_scale
+            "whitened_int8": kind == "projected" and config.basis == "eigen" and config.dtype == "int8"
+            and engine.config.method != "identity",
             "allocation": config.allocation,
             "whiten": {"exponent": config.whiten_exponent, "eps": config.whiten_eps, "eigenvalues": "kfac"},
             "config": asdict(config),
@@ -477,7 +489,7 @@ class GradientIndex:
             engine.load_factors(folder / meta["factors_file"])
         try:
             rows = np.load(folder / ROWS_FILE, mmap_mode="r")
-            scales = np.load(folder / SCALES_FILE) if meta["dtype"] == "float16" else None
+            scales = np.load(folder / SCALES_FILE) if meta["dtype"] in SCALED else None
         except (OSError, ValueError) as err:
             raise FactorsError(f"cannot read the index rows in {folder} ({err}); rebuild the index") from None
         index = cls(rows, meta, engine, train_texts, train_labels, scales)
@@ -541,7 +553,8 @@ class GradientIndex:
         columns = self.projector().layer_columns()
         stored = self.rows
         peak = projected.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        scaled = (projected / peak).to(torch.from_numpy(np.zeros(0, dtype=stored.dtype)).dtype)
+        storage = _product_dtype(stored.dtype)
+        scaled = (projected / peak).to(storage)
         n_rows = stored.shape[0]
         chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (stored.shape[1] * stored.dtype.itemsize))
         out = np.empty((len(columns), projected.shape[0], n_rows))
@@ -549,8 +562,8 @@ class GradientIndex:
             part = torch.from_numpy(np.array(stored[s:s + chunk_rows])).to(projected.device)
             for i, cols in enumerate(columns.values()):
                 picked = torch.from_numpy(cols).to(projected.device)
-                out[i, :, s:s + chunk_rows] = (scaled.index_select(1, picked)
-                                               @ part.index_select(1, picked).T).double().cpu().numpy()
+                out[i, :, s:s + chunk_rows] = _product(scaled.index_select(1, picked),
+                                                       part.index_select(1, picked)).cpu().numpy()
         out *= peak.double().cpu().numpy()[None]
         if self.scales is not None:
             out *= self.scales[None, None, :]
@@ -578,18 +591,22 @@ class GradientIndex:
             else:
                 query = query.unsqueeze(0).expand(k, -1, -1)
             blocks.append(projector.query_block(name, query, self.meta["shapes"][name][0]))
-        return projector.arrange(torch.cat(blocks, dim=-1))  # [K, n, width]
+        joined = projector.arrange(torch.cat(blocks, dim=-1))  # [K, n, width]
+        if self.meta.get("whitened_int8"):
+            joined = joined * projector.column_scale.to(joined)
+        return joined
 
     def lookup(self, projected: torch.Tensor, *, rows: np.ndarray | None = None, entries: int | None = None,
                chunk_rows: int | None = None, stored: np.ndarray | None = None) -> np.ndarray:
         """``projected`` [Q, width] against the stored rows (all, or the training rows ``rows``), [Q, n].
 
-        The product runs in the storage precision (queries scaled to at most 1 first, so float16 cannot overflow)
-        and ``entries`` keeps only the first columns. ``stored``: the first columns of the rows, kept elsewhere."""
+        The product runs in the storage precision (queries scaled to at most 1 first, so float16 cannot overflow;
+        int8 rows in integers, see :func:`_product`) and ``entries`` keeps only the first columns. ``stored``: the first columns of the
+        rows, kept elsewhere."""
         stored = self.rows if stored is None else stored
         width = stored.shape[1] if entries is None else max(1, min(int(entries), stored.shape[1]))
         projected = projected[..., :width]
-        storage = torch.from_numpy(np.zeros(0, dtype=stored.dtype)).dtype
+        storage = _product_dtype(stored.dtype)
         peak = projected.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         scaled = (projected / peak).to(storage)
         selected = np.arange(stored.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -604,7 +621,7 @@ class GradientIndex:
             if not part.flags.writeable or not part.flags.c_contiguous:  # a slice of a read-only memory map
                 part = np.array(part)
             part = torch.from_numpy(part).to(projected.device)
-            out[:, s:s + chunk_rows] = (scaled @ part.T).double().cpu().numpy()
+            out[:, s:s + chunk_rows] = _product(scaled, part).cpu().numpy()
         out *= peak.double().cpu().numpy()
         if self.scales is not None:
             out *= self.scales[selected]
@@ -627,7 +644,7 @@ class GradientIndex:
     def _shortlist(self, projected: torch.Tensor, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`shortlist` with each shortlisted row's full-width estimate: ``(rows, estimates)`` per query."""
         n_rows, n_cols = self.rows.shape
-        coarse_cols = COARSE_ENTRIES
+        coarse_cols = COARSE_BYTES // self.rows.dtype.itemsize
         keep = min(n_rows, SHORTLIST_FACTOR * width)
         if self.meta.get("basis") != "eigen" or self.meta["kind"] != "projected" or n_cols <= 2 * coarse_cols \
                 or 2 * keep >= n_rows:
@@ -725,6 +742,43 @@ class GradientIndex:
         return np.array(sorted(more), dtype=np.int64)
 
 
+def _product_dtype(stored: np.dtype) -> torch.dtype:
+    """The precision a query is cast to for a product with stored rows: the storage's own, float32 for int8 (whose
+    product :func:`_product` runs in integers)."""
+    return torch.float32 if np.dtype(stored) == np.int8 else torch.from_numpy(np.zeros(0, dtype=stored)).dtype
+
+
+INT32_SAFE_WIDTH = 2**31 // (127 * 127)  # int8 x int8 products summed over this many columns fit an int32
+
+
+def _product(query: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    """``query @ part.T`` in float64, [Q, n], for queries [Q, w] and stored rows ``part`` [n, w].
+
+    Float rows multiply in their own precision. Int8 rows are never widened (that costs more than the product): the
+    query is split into two int8 parts, its 127 steps and the 127 steps of what they leave, and both multiply the
+    rows in integer arithmetic (``torch._int_mm``) in one read of them, which keeps about 14 bits of the query."""
+    if part.dtype != torch.int8:
+        return (query @ part.T).double()
+    query = query.to(torch.float64)
+    tiny = torch.finfo(torch.float64).tiny
+    high_step = query.abs().amax(dim=1, keepdim=True).clamp_min(tiny) / 127
+    high = torch.round(query / high_step)
+    rest = query - high * high_step
+    low_step = rest.abs().amax(dim=1, keepdim=True).clamp_min(tiny) / 127
+    low = torch.round(rest / low_step)
+    both = torch.cat([high, low]).to(torch.int8)  # [2Q, w]
+    total = torch.zeros(part.shape[0], both.shape[0], dtype=torch.float64, device=part.device)
+    for start in range(0, part.shape[1], INT32_SAFE_WIDTH):
+        end = start + INT32_SAFE_WIDTH
+        left, right = part[:, start:end].contiguous(), both[:, start:end].T.contiguous()
+        try:
+            total += torch._int_mm(left, right).double()
+        except (RuntimeError, NotImplementedError):  # no integer kernel for these shapes here: widen this block
+            total += (left.float() @ right.float()).double()
+    n = query.shape[0]
+    return total[:, :n].T * high_step + total[:, n:].T * low_step
+
+
 def _extremes(values: np.ndarray, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """The union of the rows of the ``width`` largest and the ``width`` smallest ``values`` (sorted, as ``rows``
     is), with their values."""
@@ -781,7 +835,7 @@ class _Builder:
         self.factors = engine.factors
         self._projector: _Projector | _EigenSelector | None = None
         self.rows = np.zeros((stop - start, self.meta["width"]), dtype=STORAGE[config.dtype])
-        self.scales = np.ones(stop - start, dtype=np.float32) if config.dtype == "float16" else None
+        self.scales = np.ones(stop - start, dtype=np.float32) if config.dtype in SCALED else None
         self.seen = np.zeros(stop - start, dtype=bool)
 
     def absorb(self, index: np.ndarray, gradients: dict[str, torch.Tensor], captures: dict[str, LayerCapture]) -> None:
@@ -793,12 +847,19 @@ class _Builder:
                                          self.factors)
         blocks = [self._projector.training_block(name, captures[name].a, gradients[name])
                   for name in self.engine.layers]
-        rows = self._projector.arrange(torch.cat(blocks, dim=-1)).double().cpu().numpy()
+        rows = self._projector.arrange(torch.cat(blocks, dim=-1)).double()
+        if self.meta.get("whitened_int8"):
+            rows = rows / self._projector.column_scale.to(rows)
+        rows = rows.cpu().numpy()
         if self.scales is not None:
             scale = np.abs(rows).max(axis=1)
             scale[scale == 0] = 1.0
+            if self.rows.dtype == np.int8:  # 127 steps of the largest entry, rounded to nearest
+                scale = scale / 127.0
+                rows = np.rint(rows / scale[:, None])
+            else:
+                rows = rows / scale[:, None]
             self.scales[index] = scale
-            rows = rows / scale[:, None]
         self.rows[index] = rows.astype(self.rows.dtype)
         self.seen[index] = True
 

@@ -152,7 +152,7 @@ def test_an_eigen_index_stores_its_heaviest_entries_first(tokenizer, texts, labe
     exact = engine.score(texts[:2], labels[:2], texts, labels, self_influence=False).total(0)
     assert np.abs(wide.estimates(texts[:2], labels[:2])[0] - exact).max() < \
         np.abs(narrow.estimates(texts[:2], labels[:2])[0] - exact).max()
-    monkeypatch.setattr(index_module, "COARSE_ENTRIES", 6)
+    monkeypatch.setattr(index_module, "COARSE_BYTES", 6 * 8)  # 6 float64 entries
     monkeypatch.setattr(index_module, "SHORTLIST_FACTOR", 2)
     projected = wide.query_rows(texts[:2], labels[:2])[0]
     coarse = narrow.estimates(texts[:2], labels[:2])[0]
@@ -263,15 +263,24 @@ def test_a_stale_or_mismatched_index_is_refused(tokenizer, texts, labels, tmp_pa
         GradientIndex.load(tmp_path / "missing", engine)
 
 
-def test_float16_rows_keep_small_gradients(tokenizer, texts, labels, tmp_path):
+@pytest.mark.parametrize("dtype,size,tol", [("float16", 2, 2e-3), ("int8", 1, 3e-2)])
+def test_scaled_rows_keep_small_gradients(dtype, size, tol, tokenizer, texts, labels, tmp_path):
     engine = _fitted(tokenizer, texts)
     exact = GradientIndex.build(engine, texts, labels, config=EXACT)
-    half = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=True, dtype="float16"))
-    assert half.scales is not None and half.bytes_per_example == exact.rows.shape[1] * 2
-    _close(half.estimates(texts[:2], labels[:2])[0], exact.estimates(texts[:2], labels[:2])[0], 2e-3)
-    half.save(tmp_path / "half")
-    loaded = GradientIndex.load(tmp_path / "half", engine, texts, labels)
-    _close(loaded.estimates(texts[:2], labels[:2])[0], half.estimates(texts[:2], labels[:2])[0], 1e-12)
+    small = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=True, dtype=dtype))
+    assert small.scales is not None and small.bytes_per_example == exact.rows.shape[1] * size
+    assert small.rows.dtype == np.dtype(dtype)
+    _close(small.estimates(texts[:2], labels[:2])[0], exact.estimates(texts[:2], labels[:2])[0], tol)
+    if dtype == "int8":  # every row is rounded to 127 steps of its largest entry: the error is at most half a step
+        full = np.asarray(exact.rows)
+        step = np.abs(full).max(axis=1) / 127
+        assert np.all(np.abs(small.rows * small.scales[:, None] - full) <= 0.5 * step[:, None] * (1 + 1e-6))
+        assert np.abs(small.rows).max() == 127
+    small.save(tmp_path / dtype)
+    loaded = GradientIndex.load(tmp_path / dtype, engine, texts, labels)
+    _close(loaded.estimates(texts[:2], labels[:2])[0], small.estimates(texts[:2], labels[:2])[0], 1e-12)
+    _close(loaded.layer_estimates(texts[:2], labels[:2]).sum(axis=0), small.estimates(texts[:2], labels[:2])[0],
+           1e-3)  # the layers' products round separately
 
 
 def test_the_adaptive_rescore_skips_only_candidates_that_cannot_enter_the_top(tokenizer, texts, labels, monkeypatch):
@@ -303,3 +312,38 @@ def test_the_adaptive_rescore_skips_only_candidates_that_cannot_enter_the_top(to
     assert len(scored) == 2 and scored[0] < len(texts)  # a first round, then the rest
     plain = rough.query(texts[:2], labels[:2], top=1, rerank=len(texts), adaptive=False)
     pd.testing.assert_frame_equal(wide, plain)
+
+
+def test_int8_rows_multiply_in_integers_with_a_two_part_query():
+    from influence_core.engine.index import _product
+
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randint(-127, 128, (50, 300), dtype=torch.int8, generator=generator)
+    query = torch.randn(3, 300, generator=generator, dtype=torch.float64) ** 3  # heavy-tailed, like a gradient
+    expected = query @ rows.double().T
+    got = _product(query, rows)
+    assert got.dtype == torch.float64 and got.shape == (3, 50)
+    # the two int8 parts keep the query to 1/(2 * 127^2) of its largest entry
+    bound = query.abs().amax(dim=1, keepdim=True) / (2 * 127**2) * rows.double().abs().sum(dim=1)
+    assert torch.all((got - expected).abs() <= bound * (1 + 1e-9))
+    one_part = torch.round(query / (query.abs().amax(dim=1, keepdim=True) / 127))  # what a single int8 part keeps
+    assert (got - expected).abs().max() < 0.01 * (one_part * query.abs().amax(dim=1, keepdim=True) / 127
+                                                  @ rows.double().T - expected).abs().max()
+
+
+def test_an_int8_eigen_index_keeps_its_small_entries(tokenizer, texts, labels, monkeypatch):
+    """int8 eigen rows are divided by sqrt(K-FAC eigenvalue) per entry before rounding, so the later (smaller)
+    entries survive: the estimate stays close to the float64 index's, and closer than plain per-row int8."""
+    engine = _fitted(tokenizer, texts, model=TinyMLP(), layers="hidden,head")
+    reference = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=False, entries=40,
+                                                                              dtype="float64"))
+    expected = reference.estimates(texts[:3], labels[:3])[0]
+    int8 = IndexConfig(exact=False, entries=40, dtype="int8")
+    index = GradientIndex.build(engine, texts, labels, config=int8)
+    assert index.meta["whitened_int8"] and index.rows.dtype == np.int8
+    whitened = index.estimates(texts[:3], labels[:3])[0]
+    _close(whitened, expected, 2e-2)
+    plan = GradientIndex.plan
+    monkeypatch.setattr(GradientIndex, "plan", staticmethod(lambda *a: {**plan(*a), "whitened_int8": False}))
+    plain = GradientIndex.build(engine, texts, labels, config=int8).estimates(texts[:3], labels[:3])[0]
+    assert np.abs(whitened - expected).max() < np.abs(plain - expected).max()
