@@ -110,6 +110,12 @@ def main(argv: list[str] | None = None) -> dict:
                         help="time the floor pass (forward and backward, no hooks) over the training rows")
     parser.add_argument("--save", default=None, help="folder for the index, the exact scores and the queries")
     parser.add_argument("--reuse", default=None, help="re-measure from a --save folder (no fit, no exact pass)")
+    parser.add_argument("--factors", default=None,
+                        help="eigen basis: factors saved by an earlier run (its --save folder's index/factors."
+                             "safetensors): no fit, the index is built in a pass of its own")
+    parser.add_argument("--exact-from", default=None,
+                        help="the exact engine scores of an earlier --save folder with the same model, data, "
+                             "queries and factors (exact.npy), instead of computing them again")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -193,6 +199,8 @@ def _eigen_curve(args, engine, encoded, texts, labels, q_texts, q_labels, result
 
     sizes = sorted(int(e) for e in args.entries.split(","))
     extra = {**extra, "basis": "eigen"}
+    if args.factors:
+        return _eigen_curve_on_factors(args, engine, texts, labels, q_texts, q_labels, result, extra, sizes)
     if args.plain_fit:
         start = time.perf_counter()
         engine.fit(encoded)
@@ -225,6 +233,42 @@ def _eigen_curve(args, engine, encoded, texts, labels, q_texts, q_labels, result
         np.save(folder / "exact.npy", exact)
         (folder / "result.json").write_text(json.dumps(result, indent=2, default=jsonable) + "\n")
     print(f"exact engine scores {result['engine_score_seconds']:.1f} s", flush=True)
+    result["curve"] = _curve(index, q_texts, q_labels, exact, sizes, args.top, args.candidates)
+    result["latency"] = _latency(index, q_texts, q_labels, exact, args.top, args.candidates)
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    _write(result)
+    return result
+
+
+def _eigen_curve_on_factors(args, engine, texts, labels, q_texts, q_labels, result: dict, extra: dict,
+                            sizes: list[int]) -> dict:
+    """:func:`_eigen_curve` with the factors of an earlier run: the index is built in a pass of its own (timed),
+    and the exact scores are that run's when ``--exact-from`` names its folder."""
+    from pathlib import Path
+
+    from influence_core.engine.index import GradientIndex, IndexConfig
+
+    engine.load_factors(args.factors)
+    start = time.perf_counter()
+    index = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=False, dtype=args.dtype,
+                                                                          entries=sizes[-1], **extra))
+    result["index_build_seconds"] = time.perf_counter() - start
+    result["index_build_pass"] = "own pass (factors of an earlier run)"
+    result["build_peak_rss_bytes"] = peak_rss_bytes()
+    print(f"index built in {result['index_build_seconds']:.1f} s", flush=True)
+    if args.exact_from:
+        exact = np.load(Path(args.exact_from) / "exact.npy")
+        if exact.shape != (len(q_texts), len(texts)):
+            raise SystemExit(f"{args.exact_from}/exact.npy is {exact.shape}, not ({len(q_texts)}, {len(texts)})")
+    else:
+        start = time.perf_counter()
+        exact = engine.score(q_texts, q_labels, texts, labels, self_influence=False).total(0)
+        result["engine_score_seconds"] = time.perf_counter() - start
+    folder = Path(args.save) if args.save else None
+    if folder:
+        index.save(folder / "index")
+        np.save(folder / "exact.npy", exact)
+        (folder / "result.json").write_text(json.dumps(result, indent=2, default=jsonable) + "\n")
     result["curve"] = _curve(index, q_texts, q_labels, exact, sizes, args.top, args.candidates)
     result["latency"] = _latency(index, q_texts, q_labels, exact, args.top, args.candidates)
     result["peak_rss_bytes"] = peak_rss_bytes()

@@ -110,6 +110,16 @@ def test_explain_any_text_from_the_index(page, app_server):
     screenshot(page, "03b_explain_any_text")
 
 
+def test_any_damping_from_the_index(page, app_server):
+    open_page(page, app_server, "regularization", f"{QUERY}&test=1")
+    page.get_by_text("Any damping value, from the index").first.wait_for()
+    page.get_by_text("re-scored them exactly").first.wait_for(timeout=FIT_TIMEOUT_MS if REAL_MODEL else 120_000)
+    page.get_by_text("Exact at 17 damping values").first.wait_for()
+    expect(page.get_by_text("Test review #1 at damping").first).to_be_visible()
+    assert page.get_by_text("The lines compare its influence").count() == 1
+    no_error_on_page(page)
+
+
 def test_sidebar_choice_is_written_to_the_url(page, app_server):
     open_page(page, app_server, "", QUERY)
     sidebar = page.locator('[data-testid="stSidebar"]')
