@@ -112,9 +112,15 @@ common.figure(figures.sweep_figure(sweep_result.agreement(out.damping), sweep.ex
 value = st.select_slider("Damping", grid, value=out.damping, format_func=lambda v: f"{v:g}", key="rg_damping",
                          help="Any value of the grid, scored or not: the index finds the candidates among all "
                               "training reviews and the engine re-scores them exactly.")
-label = int(analysis.test["label"].iloc[q])
-result = search.search_training(common.model_store(), out.spec, analysis, analysis.test["text"].iloc[q], label=label,
-                                damping=value, top=5)
+
+
+@st.cache_data(show_spinner="Finding and re-scoring the training reviews at this damping…", max_entries=64)
+def answer_at(analysis_key: str, q: int, damping: float, _spec, _analysis) -> search.SearchResult | None:
+    return search.search_training(common.model_store(), _spec, _analysis, _analysis.test["text"].iloc[q],
+                                  label=int(_analysis.test["label"].iloc[q]), damping=damping, top=5)
+
+
+result = answer_at(analysis.key, q, float(value), out.spec, analysis)
 exact = result.rows[result.rows["exact"] == 1]
 frame = common.reviews_table(analysis, "train", exact["train"].to_numpy(), exact["influence"].to_numpy() * out.scale,
                              score_name=out.unit_label)
