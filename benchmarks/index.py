@@ -229,15 +229,8 @@ def _eigen_curve(args, engine, encoded, texts, labels, q_texts, q_labels, result
     start = time.perf_counter()
     exact = engine.score(q_texts, q_labels, encoded, None, self_influence=False).total(0)
     result["engine_score_seconds"] = time.perf_counter() - start
-    if folder:
-        np.save(folder / "exact.npy", exact)
-        (folder / "result.json").write_text(json.dumps(result, indent=2, default=jsonable) + "\n")
     print(f"exact engine scores {result['engine_score_seconds']:.1f} s", flush=True)
-    result["curve"] = _curve(index, q_texts, q_labels, exact, sizes, args.top, args.candidates)
-    result["latency"] = _latency(index, q_texts, q_labels, exact, args.top, args.candidates)
-    result["peak_rss_bytes"] = peak_rss_bytes()
-    _write(result)
-    return result
+    return _measure(args, index, exact, q_texts, q_labels, sizes, result, folder)
 
 
 def _eigen_curve_on_factors(args, engine, texts, labels, q_texts, q_labels, result: dict, extra: dict,
@@ -267,6 +260,13 @@ def _eigen_curve_on_factors(args, engine, texts, labels, q_texts, q_labels, resu
     folder = Path(args.save) if args.save else None
     if folder:
         index.save(folder / "index")
+    return _measure(args, index, exact, q_texts, q_labels, sizes, result, folder)
+
+
+def _measure(args, index, exact: np.ndarray, q_texts, q_labels, sizes: list[int], result: dict, folder) -> dict:
+    """Save the exact scores next to the index (``folder``, when saving), then measure the agreement curve and the
+    query path and write the result."""
+    if folder:
         np.save(folder / "exact.npy", exact)
         (folder / "result.json").write_text(json.dumps(result, indent=2, default=jsonable) + "\n")
     result["curve"] = _curve(index, q_texts, q_labels, exact, sizes, args.top, args.candidates)

@@ -261,10 +261,11 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
     )
     agreement = None
     if estimates is not None:
-        agreement = index_agreement(estimates, table.total(table.damping_index(spec.chosen_damping)))
+        k = table.damping_index(spec.chosen_damping)
+        agreement = index_agreement(estimates, table.total(k))
         agreement.update(kind=index.meta["kind"], bytes_per_example=index.bytes_per_example,
                          basis=index.meta.get("basis", "random"), entries=int(index.rows.shape[1]))
-        k = table.damping_index(spec.chosen_damping)  # and per layer, for the Layers page's early estimate
+        # and per layer, for the Layers page's early estimate
         agreement["layers"] = {name: index_agreement(by_layer[i], table.pairwise[k, table.layers.index(name)])
                                ["median_pearson"] for i, name in enumerate(engine.layers)}
     table.save(folder / "scores.npz")

@@ -76,10 +76,13 @@ class Sweep:
     estimates: np.ndarray
     seconds: float
 
+    def at(self, damping: float) -> np.ndarray:
+        """The estimates at the grid value nearest ``damping`` (on a log scale), [n_train]."""
+        return self.estimates[int(np.argmin(np.abs(np.log(self.dampings) - np.log(damping))))]
+
     def agreement(self, reference: float, top: int = TOP) -> pd.DataFrame:
         """:func:`agreement` of every grid damping with the grid value ``reference`` (which must be on it)."""
-        k = int(np.argmin(np.abs(np.log(self.dampings) - np.log(reference))))
-        return agreement(self.estimates, self.estimates[k], self.dampings, top)
+        return agreement(self.estimates, self.at(reference), self.dampings, top)
 
 
 def index_sweep(store: ModelStore, spec: AnalysisSpec, analysis: Analysis, test_row: int,
@@ -100,12 +103,9 @@ def fidelity(result: Sweep, analysis: Analysis, test_row: int) -> pd.DataFrame:
     """How well the index's estimates agree with the exact scores at the analysis's computed dampings, for one test
     review: ``damping``, ``pearson`` over all training reviews. The eigen index keeps the entries of largest
     curvature, so it is least faithful at small dampings, where the entries it drops weigh most."""
-    rows = []
-    for k, damping in enumerate(analysis.dampings):
-        estimate = result.estimates[int(np.argmin(np.abs(np.log(result.dampings) - np.log(damping))))]
-        rows.append({"damping": float(damping),
-                     "pearson": float(stats.pearsonr(estimate, analysis.scores.total(k)[int(test_row)]).statistic)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"damping": float(damping), "pearson": float(stats.pearsonr(
+        result.at(damping), analysis.scores.total(k)[int(test_row)]).statistic)}
+        for k, damping in enumerate(analysis.dampings)])
 
 
 def exact_agreement(analysis: Analysis, test_row: int, reference: float, top: int = TOP) -> pd.DataFrame:

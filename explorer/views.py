@@ -98,8 +98,7 @@ def estimate_layers(estimate: Estimate, test_index: int, n_bars: int) -> LayerEs
     blocks = dict(zip(estimate.layers, by_layer, strict=True))
     return LayerEstimate(
         columns=top, by_layer={name: block[test_index, top] for name, block in blocks.items()},
-        hover=[hover_text(estimate.train["text"].iloc[j], estimate.train["label_name"].iloc[j]
-                          if "label_name" in estimate.train else estimate.train["label"].iloc[j]) for j in top],
+        hover=[hover_text(estimate.train["text"].iloc[j], estimate.train["label_name"].iloc[j]) for j in top],
         shares=_shares({name: block[test_index] for name, block in blocks.items()}))
 
 

@@ -86,14 +86,15 @@ common.figure(figures.damping_curve(grid, series, chosen=out.damping, axis_title
 st.caption(f"Exact at {len(grid)} damping values: the engine scored this pair at all of them in one short pass of "
            "the two reviews. The circles are the values the analysis scored; they lie on the curve.")
 
-st.subheader("Any damping value, from the index")
-sweep_result = None
-if analysis.meta.get("index"):
-    @st.cache_data(show_spinner="Asking the index at every damping…", max_entries=32)
-    def index_sweep(analysis_key: str, q: int, grid: tuple[float, ...], _spec, _analysis) -> sweep.Sweep | None:
-        return sweep.index_sweep(common.model_store(), _spec, _analysis, q, grid)
 
-    sweep_result = index_sweep(analysis.key, q, tuple(grid), out.spec, analysis)
+
+@st.cache_data(show_spinner="Asking the index at every damping…", max_entries=32)
+def index_sweep(analysis_key: str, q: int, grid: tuple[float, ...], _spec, _analysis) -> sweep.Sweep | None:
+    return sweep.index_sweep(common.model_store(), _spec, _analysis, q, grid)
+
+
+st.subheader("Any damping value, from the index")
+sweep_result = index_sweep(analysis.key, q, tuple(grid), out.spec, analysis) if analysis.meta.get("index") else None
 if sweep_result is None:
     st.info("This analysis has no training-gradient index (computed by an older version): recompute it from the "
             "sidebar to ask it at any damping.")

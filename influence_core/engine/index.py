@@ -551,24 +551,8 @@ class GradientIndex:
         over layers is :meth:`estimates` at ``damping`` (absolute, or relative when the engine's config is; default
         the config's value). Positive = helpful. One query pass; each stored chunk is read once for all layers."""
         projected = self.query_rows(texts, labels, dampings=None if damping is None else [damping])[0]
-        columns = self.projector().layer_columns()
-        stored = self.rows
-        peak = projected.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        storage = _product_dtype(stored.dtype)
-        scaled = (projected / peak).to(storage)
-        n_rows = stored.shape[0]
-        chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (stored.shape[1] * stored.dtype.itemsize))
-        out = np.empty((len(columns), projected.shape[0], n_rows))
-        for s in range(0, n_rows, chunk_rows):
-            part = torch.from_numpy(np.array(stored[s:s + chunk_rows])).to(projected.device)
-            for i, cols in enumerate(columns.values()):
-                picked = torch.from_numpy(cols).to(projected.device)
-                out[i, :, s:s + chunk_rows] = _product(scaled.index_select(1, picked),
-                                                       part.index_select(1, picked)).cpu().numpy()
-        out *= peak.double().cpu().numpy()[None]
-        if self.scales is not None:
-            out *= self.scales[None, None, :]
-        return out
+        columns = list(self.projector().layer_columns().values())
+        return self._grouped_lookup(projected, columns, chunk_rows=chunk_rows)
 
     def query_rows(self, texts: Sequence[str] | Encoded, labels, *,
                    dampings: Sequence[float] | None = None) -> torch.Tensor:
@@ -602,8 +586,16 @@ class GradientIndex:
         """``projected`` [Q, width] against the stored rows (all, or the training rows ``rows``), [Q, n].
 
         The product runs in the storage precision (queries scaled to at most 1 first, so float16 cannot overflow;
-        int8 rows in integers, see :func:`_product`) and ``entries`` keeps only the first columns. ``stored``: the first columns of the
-        rows, kept elsewhere."""
+        int8 rows in integers, see :func:`_product`) and ``entries`` keeps only the first columns. ``stored``: the
+        first columns of the rows, kept elsewhere."""
+        return self._grouped_lookup(projected, None, rows=rows, entries=entries, chunk_rows=chunk_rows,
+                                    stored=stored)[0]
+
+    def _grouped_lookup(self, projected: torch.Tensor, groups: Sequence[np.ndarray] | None, *,
+                        rows: np.ndarray | None = None, entries: int | None = None, chunk_rows: int | None = None,
+                        stored: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`lookup` restricted to each group of stored columns, [G, Q, n] (one group of every column when
+        ``groups`` is None); every chunk of rows is read once for all groups."""
         stored = self.rows if stored is None else stored
         width = stored.shape[1] if entries is None else max(1, min(int(entries), stored.shape[1]))
         projected = projected[..., :width]
@@ -612,7 +604,8 @@ class GradientIndex:
         scaled = (projected / peak).to(storage)
         selected = np.arange(stored.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
         chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (width * stored.dtype.itemsize))
-        out = np.empty((projected.shape[0], len(selected)))
+        picks = None if groups is None else [torch.from_numpy(np.asarray(g)).to(projected.device) for g in groups]
+        out = np.empty((1 if picks is None else len(picks), projected.shape[0], len(selected)))
         for s in range(0, len(selected), chunk_rows):
             picked = selected[s:s + chunk_rows]
             if rows is None:
@@ -622,7 +615,11 @@ class GradientIndex:
             if not part.flags.writeable or not part.flags.c_contiguous:  # a slice of a read-only memory map
                 part = np.array(part)
             part = torch.from_numpy(part).to(projected.device)
-            out[:, s:s + chunk_rows] = _product(scaled, part).cpu().numpy()
+            if picks is None:
+                out[0, :, s:s + chunk_rows] = _product(scaled, part).cpu().numpy()
+            for i, picked in enumerate(picks or ()):
+                out[i, :, s:s + chunk_rows] = _product(scaled.index_select(1, picked),
+                                                       part.index_select(1, picked)).cpu().numpy()
         out *= peak.double().cpu().numpy()
         if self.scales is not None:
             out *= self.scales[selected]

@@ -107,6 +107,17 @@ def _start_with_the_exact_pass_held(monkeypatch, query: dict, ready):
     return at, spec, release
 
 
+def _finished_on(at, page: str):
+    """Wait until the held job is done, open ``page`` and return the finished analysis."""
+    job = _wait_for_job(at)
+    assert job.status == "done", job.error
+    at.switch_page(page).run()
+    no_exceptions(at)
+    finished = _frame(at).analysis
+    assert finished is not None
+    return finished
+
+
 def test_the_overview_shows_the_predictions_before_the_influence(app_env, monkeypatch):
     from explorer import ui as common
 
@@ -124,12 +135,7 @@ def test_the_overview_shows_the_predictions_before_the_influence(app_env, monkey
         assert any("predictions are on the Overview" in i.value for i in at.info)
     finally:
         release.set()
-    job = _wait_for_job(at)
-    assert job.status == "done", job.error
-    at.switch_page("pages/overview.py").run()
-    no_exceptions(at)
-    finished = _frame(at).analysis
-    assert finished is not None
+    finished = _finished_on(at, "pages/overview.py")
     later = {m.label: m.value for m in at.metric}
     accuracy = float(np.mean(finished.test_pred == finished.test["label"].to_numpy()))
     assert early["Accuracy (test)"] == later["Accuracy (test)"] == f"{accuracy:.1%}"  # the same numbers as the analysis
@@ -158,11 +164,7 @@ def test_the_heatmap_draws_the_index_estimate_until_the_exact_scores_exist(app_e
                                    atol=1e-5 * np.abs(estimate.matrix).max())
     finally:
         release.set()
-    job = _wait_for_job(at)
-    assert job.status == "done", job.error
-    at.switch_page("pages/heatmap.py").run()
-    no_exceptions(at)
-    finished = _frame(at).analysis
+    finished = _finished_on(at, "pages/heatmap.py")
     assert any(s.value == "Most extreme pairs" for s in at.subheader)
     exact = finished.influence(finished.damping_index(None))
     agreement = finished.meta["index"]
