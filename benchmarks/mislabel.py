@@ -494,7 +494,9 @@ def markdown(results: dict) -> dict[str, str]:
             lines.append(f"| {row['ranking']} | " + " | ".join(cells) + " |")
         t = runs[0]["timings"]
         lines += ["", "Times (first seed): " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.0f} s"
-                                                          for k, v in t.items())]
+                                                          for k, v in t.items() if k.endswith("_s"))
+                  + (f"; cleanlab's estimate of wrong labels {t['cleanlab_estimated_wrong']}"
+                     if "cleanlab_estimated_wrong" in t else "")]
         sections["airline"] = "\n".join(lines)
     if "counterfactual" in results:
         cf = results["counterfactual"]
