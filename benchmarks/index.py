@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="time the floor pass (forward and backward, no hooks) over the training rows")
     parser.add_argument("--save", default=None, help="folder for the index, the exact scores and the queries")
     parser.add_argument("--reuse", default=None, help="re-measure from a --save folder (no fit, no exact pass)")
+    parser.add_argument("--held-out", type=int, default=0,
+                        help="with --reuse: also measure on this many other dev sentences (drawn with seed 2 from "
+                             "those not asked about), their exact scores computed once and kept in the folder")
     parser.add_argument("--factors", default=None,
                         help="eigen basis: factors saved by an earlier run (its --save folder's index/factors."
                              "safetensors): no fit, the index is built in a pass of its own")
@@ -294,6 +297,9 @@ def _latency(index, q_texts, q_labels, exact: np.ndarray, top: int, candidates: 
     from influence_core.engine.index import SHORTLIST_FACTOR
 
     projected = index.query_rows(q_texts, q_labels)[0]
+    start = time.perf_counter()
+    index.coarse_sketch()  # computed once per index (and kept next to its rows), before the timed lookups
+    sketch_seconds = time.perf_counter() - start
     lookups, covered = [], {1: [], -1: []}
     for q in range(len(q_texts)):
         start = time.perf_counter()
@@ -301,7 +307,10 @@ def _latency(index, q_texts, q_labels, exact: np.ndarray, top: int, candidates: 
         lookups.append(time.perf_counter() - start)
         for sign in (1, -1):
             covered[sign].append(set(np.argsort(-sign * exact[q])[:top]) <= set(shortlist))
+    prefix = _prefix_shortlist_coverage(index, projected, exact, top, candidates)
     out = {"lookup_seconds_median": float(np.median(lookups)), "shortlist_factor": SHORTLIST_FACTOR,
+           "coarse_sketch_seconds": sketch_seconds, "exact_top_in_prefix_shortlist_helpful": prefix[1],
+           "exact_top_in_prefix_shortlist_harmful": prefix[-1],
            "exact_top_in_shortlist_helpful": float(np.mean(covered[1])),
            "exact_top_in_shortlist_harmful": float(np.mean(covered[-1])), "rerank": {}}
     for adaptive in (True, False):
@@ -317,6 +326,23 @@ def _latency(index, q_texts, q_labels, exact: np.ndarray, top: int, candidates: 
                                  "rerank_top_same_set": same_set}
     print(f"latency: {json.dumps(out)}", flush=True)
     return out
+
+
+def _prefix_shortlist_coverage(index, projected, exact: np.ndarray, top: int, candidates: int) -> dict[int, float]:
+    """How often the exact top lies in the shortlist of the coarse pass this wave replaced: the heaviest
+    ``COARSE_BYTES`` of every row instead of its count sketch, then the same full-width re-rank of the kept rows."""
+    from influence_core.engine.index import COARSE_BYTES, SHORTLIST_FACTOR
+
+    coarse = index.lookup(projected, entries=COARSE_BYTES // index.rows.dtype.itemsize)
+    full = index.lookup(projected)
+    keep = SHORTLIST_FACTOR * candidates
+    covered = {1: [], -1: []}
+    for q in range(len(exact)):
+        for sign in (1, -1):
+            near = np.argsort(-sign * coarse[q])[:keep]
+            best = near[np.argsort(-sign * full[q, near])[:candidates]]
+            covered[sign].append(set(np.argsort(-sign * exact[q])[:top]) <= set(best))
+    return {sign: float(np.mean(v)) for sign, v in covered.items()}
 
 
 def reuse(folder: str, args) -> dict:
@@ -343,9 +369,31 @@ def reuse(folder: str, args) -> dict:
     sizes = sorted(int(e) for e in args.entries.split(","))
     result["curve"] = _curve(index, q_texts, q_labels, exact, sizes, args.top, args.candidates)
     result["latency"] = _latency(index, q_texts, q_labels, exact, args.top, args.candidates)
+    if args.held_out:
+        result["held_out"] = _held_out(index, engine, dev, train, Path(folder), args, sizes)
     result["peak_rss_bytes"] = peak_rss_bytes()
     _write(result)
     return result
+
+
+def _held_out(index, engine, asked: pd.DataFrame, train: pd.DataFrame, folder, args, sizes: list[int]) -> dict:
+    """The curve and the query path on ``--held-out`` dev sentences never used to choose the query path's
+    settings (the coarse sketch was chosen on the first queries)."""
+    every = read_sst2("dev.tsv").reset_index(drop=False).rename(columns={"index": "row"})
+    rest = every[~every["row"].isin(asked["row"])].reset_index(drop=True)
+    held = sample_rows(rest.drop(columns="row"), args.held_out, 2)
+    texts, labels = held["sentence"].tolist(), held["label"].to_numpy()
+    path = folder / f"exact-held-out-{args.held_out}.npy"
+    if path.is_file():
+        exact = np.load(path)
+    else:
+        start = time.perf_counter()
+        exact = engine.score(texts, labels, train["sentence"].tolist(), train["label"].to_numpy(),
+                             self_influence=False).total(0)
+        print(f"held-out exact scores: {time.perf_counter() - start:.0f} s", flush=True)
+        np.save(path, exact)
+    return {"n_queries": len(texts), "curve": _curve(index, texts, labels, exact, sizes, args.top, args.candidates),
+            "latency": _latency(index, texts, labels, exact, args.top, args.candidates)}
 
 
 def _write(result: dict) -> None:
@@ -389,10 +437,28 @@ def _write_curve(stem, result: dict) -> None:
         lines.append(f"| {e} | {c['bytes_per_example']} | {c['median_pearson']:.3f} ({c['min_pearson']:.3f}) | "
                      f"{c['top_in_candidates']:.2f} / {c['helpful_in_candidates']:.2f} / "
                      f"{c['harmful_in_candidates']:.2f} |")
-    lines += ["", f"Query path at the full width, one query at a time: lookup {1000 * lat['lookup_seconds_median']:.0f} "
+    lines += ["", f"Query path at the full width, one query at a time: the coarse sketch computed once in "
+              f"{lat.get('coarse_sketch_seconds', float('nan')):.1f} s; lookup {1000 * lat['lookup_seconds_median']:.0f} "
               f"ms (median; coarse pass and shortlist); the exact top-10 inside the shortlist of 100 for "
               f"{lat['exact_top_in_shortlist_helpful']:.2f} (helpful) / {lat['exact_top_in_shortlist_harmful']:.2f} "
-              f"(harmful) of queries. {reranks}"]
+              f"(harmful) of queries (with the heaviest-entries prefix as the coarse pass: "
+              f"{lat.get('exact_top_in_prefix_shortlist_helpful', float('nan')):.2f} / "
+              f"{lat.get('exact_top_in_prefix_shortlist_harmful', float('nan')):.2f}). {reranks}"]
+    if "held_out" in result:
+        held = result["held_out"]
+        lines += ["", f"Held-out queries ({held['n_queries']} other dev sentences):", "",
+                  "| entries | median Pearson (min) | exact top-10 in top-100 (both / helpful / harmful) |",
+                  "|---|---|---|"]
+        lines += [f"| {e} | {c['median_pearson']:.3f} ({c['min_pearson']:.3f}) | {c['top_in_candidates']:.2f} / "
+                  f"{c['helpful_in_candidates']:.2f} / {c['harmful_in_candidates']:.2f} |"
+                  for e, c in held["curve"].items()]
+        h = held["latency"]
+        lines += ["", f"Lookup {1000 * h['lookup_seconds_median']:.0f} ms median; exact top-10 in the shortlist of 100 "
+                  f"{h['exact_top_in_shortlist_helpful']:.2f} / {h['exact_top_in_shortlist_harmful']:.2f} (prefix "
+                  f"coarse pass: {h['exact_top_in_prefix_shortlist_helpful']:.2f} / "
+                  f"{h['exact_top_in_prefix_shortlist_harmful']:.2f}); " + " ".join(
+                      f"re-score ({k}): {v['end_to_end_seconds_median']:.2f} s median, top-10 equal "
+                      f"{v['rerank_top_equal']:.2f}." for k, v in h["rerank"].items())]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {stem}.json and .md")
 

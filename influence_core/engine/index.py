@@ -11,7 +11,8 @@ tokens as ``((g U_G[:, R])^T (a U_A[:, C]))[chosen]`` (``R``, ``C``: the rows an
 ``DW_m`` is never formed). A query is ``Q'`` at the same entries, so the estimate is the engine's own score with
 the dropped entries left out: deterministic, and the score's variance sits mostly in the entries of the largest
 eigenvalues (see :class:`_EigenSelector`). Entries are stored heaviest first, so the first ``e`` columns are the
-index of ``e`` entries: a query scans a prefix of every row, then the whole width of a shortlist.
+index of ``e`` entries. A query on a large index scans a count sketch of every row (:class:`_CountSketch`,
+16 kB), then the whole width of a shortlist.
 
 ``random``: the whitened Kronecker projection ``R_m = P_out D_out U_G^T DW_m U_A D_in P_in^T = sum_t (M_out g_t)
 (M_in a_t)^T`` [k_out, k_in] with ``M_out = P_out D_out U_G^T`` and ``M_in = P_in D_in U_A^T``, ``D =
@@ -63,8 +64,9 @@ STORAGE = {"int8": np.int8, "float16": np.float16, "float32": np.float32, "float
 SCALED = ("int8", "float16")  # storages whose rows carry a float32 scale each
 Progress = Callable[[int, int, str], None]
 CHUNK_BYTES = 256 * 1024**2  # stored rows read per product
-COARSE_BYTES = 16384  # bytes per row of the coarse first pass of an eigen index (its heaviest entries)
+COARSE_BYTES = 16384  # bytes per row of the coarse first pass of an eigen index (a count sketch of each row)
 SHORTLIST_FACTOR = 20  # rows the coarse pass keeps, per candidate asked for
+COARSE_FILE = "coarse-{buckets}-{seed}.npz"  # the coarse pass's sketch, kept next to the rows after its first use
 FIRST_ROUND = 20  # candidates per side the adaptive re-score starts with
 MARGIN_SIGMAS = 4.0  # how far (in measured standard deviations) a skipped candidate's estimate must stay off the top
 
@@ -338,7 +340,8 @@ class GradientIndex:
         self.train_texts = None if train_texts is None else list(train_texts)
         self.train_labels = None if train_labels is None else np.asarray(train_labels, dtype=np.int64)
         self._projector: _Projector | _EigenSelector | None = None
-        self._coarse: np.ndarray | None = None
+        self._coarse: tuple[_CountSketch, np.ndarray, np.ndarray] | None = None
+        self.folder: Path | None = None  # where :meth:`load` found the index (the coarse sketch is kept there)
 
     # ----------------------------------------------------------------- building
     @staticmethod
@@ -455,6 +458,8 @@ class GradientIndex:
         """Write ``rows.npy``, ``index.json`` and (``factors=True``, when the engine has them) ``factors.safetensors``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(COARSE_FILE.format(buckets="*", seed="*")):  # sketches of earlier rows
+            stale.unlink()
         np.save(folder / ROWS_FILE, np.ascontiguousarray(self.rows))
         if self.scales is not None:
             np.save(folder / SCALES_FILE, self.scales)
@@ -495,6 +500,7 @@ class GradientIndex:
             raise FactorsError(f"cannot read the index rows in {folder} ({err}); rebuild the index") from None
         index = cls(rows, meta, engine, train_texts, train_labels, scales)
         index.check(train_texts, train_labels)
+        index.folder = folder
         return index
 
     def check(self, train_texts: Sequence[str] | None = None, train_labels=None) -> None:
@@ -582,21 +588,23 @@ class GradientIndex:
         return joined
 
     def lookup(self, projected: torch.Tensor, *, rows: np.ndarray | None = None, entries: int | None = None,
-               chunk_rows: int | None = None, stored: np.ndarray | None = None) -> np.ndarray:
+               chunk_rows: int | None = None, stored: np.ndarray | None = None,
+               row_scales: np.ndarray | None = None) -> np.ndarray:
         """``projected`` [Q, width] against the stored rows (all, or the training rows ``rows``), [Q, n].
 
         The product runs in the storage precision (queries scaled to at most 1 first, so float16 cannot overflow;
-        int8 rows in integers, see :func:`_product`) and ``entries`` keeps only the first columns. ``stored``: the
-        first columns of the rows, kept elsewhere."""
+        int8 rows in integers, see :func:`_product`) and ``entries`` keeps only the first columns. ``stored``
+        (with its per-row ``row_scales``, or None): other rows to use instead, such as the coarse sketch."""
         return self._grouped_lookup(projected, None, rows=rows, entries=entries, chunk_rows=chunk_rows,
-                                    stored=stored)[0]
+                                    stored=stored, row_scales=row_scales)[0]
 
     def _grouped_lookup(self, projected: torch.Tensor, groups: Sequence[np.ndarray] | None, *,
                         rows: np.ndarray | None = None, entries: int | None = None, chunk_rows: int | None = None,
-                        stored: np.ndarray | None = None) -> np.ndarray:
+                        stored: np.ndarray | None = None, row_scales: np.ndarray | None = None) -> np.ndarray:
         """:meth:`lookup` restricted to each group of stored columns, [G, Q, n] (one group of every column when
         ``groups`` is None); every chunk of rows is read once for all groups."""
-        stored = self.rows if stored is None else stored
+        if stored is None:
+            stored, row_scales = self.rows, self.scales
         width = stored.shape[1] if entries is None else max(1, min(int(entries), stored.shape[1]))
         projected = projected[..., :width]
         storage = _product_dtype(stored.dtype)
@@ -621,34 +629,62 @@ class GradientIndex:
                 out[i, :, s:s + chunk_rows] = _product(scaled.index_select(1, picked),
                                                        part.index_select(1, picked)).cpu().numpy()
         out *= peak.double().cpu().numpy()
-        if self.scales is not None:
-            out *= self.scales[selected]
+        if row_scales is not None:
+            out *= row_scales[selected]
         return out
 
-    def _coarse_lookup(self, projected: torch.Tensor, columns: int) -> np.ndarray:
-        """:meth:`lookup` over the first ``columns`` entries, from a contiguous copy of them kept after the first
-        call (a strided slice of the rows costs more to read than the product itself)."""
-        coarse = self._coarse
-        if coarse is None or coarse.shape[1] != columns:
-            coarse = self._coarse = np.ascontiguousarray(self.rows[:, :columns])
-        return self.lookup(projected[..., :columns], stored=coarse)
+    def _coarse_lookup(self, projected: torch.Tensor) -> np.ndarray:
+        """Estimates of every row from its coarse sketch (:class:`_CountSketch`, ``COARSE_BYTES`` per row), [Q, n]:
+        unbiased estimates of the whole width's."""
+        sketch, stored, scales = self.coarse_sketch()
+        return self.lookup(sketch.apply(projected.to(torch.float64)).to(projected.dtype), stored=stored,
+                           row_scales=scales)
+
+    def coarse_sketch(self) -> tuple[_CountSketch, np.ndarray, np.ndarray]:
+        """The coarse pass's sketch of every row: ``(sketch, rows, scales)``; computed from the stored rows on first
+        use (one read of them) and kept in memory and, for an index opened with :meth:`load`, next to its rows."""
+        if self._coarse is not None:
+            return self._coarse
+        storage = np.dtype(np.int8 if self.rows.dtype.itemsize <= 2 else self.rows.dtype)
+        sketch = _CountSketch(self.rows.shape[1], self._coarse_buckets(), int(self.meta.get("seed", 0)))
+        path = None if self.folder is None else self.folder / COARSE_FILE.format(buckets=sketch.buckets,
+                                                                                 seed=sketch.seed)
+        if path is not None and path.is_file():
+            with np.load(path, allow_pickle=False) as kept:
+                stored, scales = kept["rows"], kept["scales"]
+            if stored.shape == (self.rows.shape[0], sketch.buckets) and stored.dtype == storage:
+                self._coarse = (sketch, stored, scales)
+                return self._coarse
+        stored, scales = sketch.rows(self.rows, self.scales, storage)
+        self._coarse = (sketch, stored, scales)
+        if path is not None:
+            try:
+                np.savez(path, rows=stored, scales=scales)
+            except OSError:  # a read-only index folder: keep the sketch in memory only
+                pass
+        return self._coarse
+
+    def _coarse_buckets(self) -> int:
+        """Entries of a coarse sketch row: ``COARSE_BYTES`` of int8 (for int8 and float16 rows) or of the rows'
+        own float type."""
+        itemsize = 1 if self.rows.dtype.itemsize <= 2 else self.rows.dtype.itemsize
+        return max(1, min(self.rows.shape[1], COARSE_BYTES // itemsize))
 
     def shortlist(self, projected: torch.Tensor, width: int) -> list[np.ndarray]:
         """Per query [width]: the training rows of the ``width`` largest and smallest estimates, in one pass over
-        all rows when the index is small, else a coarse pass over the heaviest entries (``eigen`` basis) that keeps
-        ``SHORTLIST_FACTOR`` times as many rows, then the whole width on those."""
+        all rows when the index is small, else a coarse pass over every row's count sketch (``eigen`` basis) that
+        keeps ``SHORTLIST_FACTOR`` times as many rows, then the whole width on those."""
         return [rows for rows, _ in self._shortlist(projected, width)]
 
     def _shortlist(self, projected: torch.Tensor, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`shortlist` with each shortlisted row's full-width estimate: ``(rows, estimates)`` per query."""
         n_rows, n_cols = self.rows.shape
-        coarse_cols = COARSE_BYTES // self.rows.dtype.itemsize
         keep = min(n_rows, SHORTLIST_FACTOR * width)
-        if self.meta.get("basis") != "eigen" or self.meta["kind"] != "projected" or n_cols <= 2 * coarse_cols \
+        if self.meta.get("basis") != "eigen" or self.meta["kind"] != "projected" or n_cols <= 2 * self._coarse_buckets() \
                 or 2 * keep >= n_rows:
             return [_extremes(row, np.arange(n_rows), width) for row in self.lookup(projected)]
         picked = []
-        for q, row in enumerate(self._coarse_lookup(projected, coarse_cols)):
+        for q, row in enumerate(self._coarse_lookup(projected)):
             near, _ = _extremes(row, np.arange(n_rows), keep)
             picked.append(_extremes(self.lookup(projected[q:q + 1], rows=near)[0], near, width))
         return picked
@@ -658,8 +694,7 @@ class GradientIndex:
         """The ``top`` most helpful and most harmful training rows for each query.
 
         The index proposes ``max(rerank, top)`` helpful and as many harmful candidates per query; the engine
-        re-scores them exactly (``exact = 1``) and they are ranked by those scores. With ``adaptive`` the engine
-        first re-scores the best ``max(2 top, FIRST_ROUND)`` of each side, measures the index's error on them, and
+        re-scores them exactly (``exact = 1``) and they are ranked by those scores. With ``adaptive`` the engine first re-scores the best ``max(2 top, FIRST_ROUND)`` of each side, measures the index's error on them, and
         then only the other candidates whose estimate, widened by that error, could still enter the top; without
         it, every candidate in one pass. ``rerank=0`` returns the index estimates (``exact = 0``). ``damping``:
         absolute, or relative when the engine's config is.
@@ -738,6 +773,52 @@ class GradientIndex:
         if len(worst) == top:
             more.update(int(i) for i in harmful if i not in exact and guess[i] - margin <= worst[-1])
         return np.array(sorted(more), dtype=np.int64)
+
+
+class _CountSketch:
+    """A count sketch of index rows (Charikar, Chen and Farach-Colton 2002): entry ``j`` of a row is added, with a
+    random sign ``s_j``, to bucket ``h(j)``, so ``<sketch(q), sketch(x)> = <q, x> + sum_{i != j, h(i) = h(j)} s_i s_j
+    q_i x_j``, an unbiased estimate of the product over the whole width, whose error shrinks with the buckets.
+
+    It feeds the coarse pass of an eigen index. A prefix of the same size (the heaviest entries alone) misses rows
+    whose score sits in the lighter entries; the sketch sees every entry (measured in ``benchmarks/INDEX.md``).
+    ``h`` is a seeded permutation followed by ``mod buckets``: bucket ``b`` sums positions ``b, b + buckets, ...``
+    of the permuted row."""
+
+    def __init__(self, width: int, buckets: int, seed: int):
+        generator = np.random.default_rng([seed, 0x5EED])
+        self.width, self.buckets, self.seed = width, buckets, seed
+        self.order = torch.from_numpy(generator.permutation(width))
+        self.sign = torch.from_numpy(generator.choice([-1.0, 1.0], width))
+
+    def apply(self, rows: torch.Tensor) -> torch.Tensor:
+        """Sketch [..., width] rows (float): [..., buckets]."""
+        shuffled = rows.index_select(-1, self.order) * self.sign.to(rows)
+        whole = (self.width // self.buckets) * self.buckets
+        out = shuffled[..., :whole].reshape(*rows.shape[:-1], -1, self.buckets).sum(-2)
+        out[..., :self.width - whole] += shuffled[..., whole:]
+        return out
+
+    def rows(self, stored: np.ndarray, scales: np.ndarray | None, storage: np.dtype,
+             chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """The sketch of every stored row (times its scale), in ``storage`` with one scale per row: int8 rounds
+        each sketch row to 127 steps of its largest entry; float rows keep their values (scale 1)."""
+        n = stored.shape[0]
+        out = np.empty((n, self.buckets), dtype=storage)
+        out_scales = np.ones(n, dtype=np.float32 if storage == np.int8 else np.float64)
+        float_type = torch.float64 if storage == np.float64 else torch.float32
+        for start in range(0, n, chunk):
+            part = torch.from_numpy(np.array(stored[start:start + chunk])).to(float_type)  # (memory maps are read-only)
+            if scales is not None:
+                part = part * torch.from_numpy(np.asarray(scales[start:start + chunk])).to(float_type)[:, None]
+            sketched = self.apply(part)
+            if storage == np.int8:
+                step = sketched.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127
+                out[start:start + chunk] = torch.round(sketched / step[:, None]).to(torch.int8).numpy()
+                out_scales[start:start + chunk] = step.numpy()
+            else:
+                out[start:start + chunk] = sketched.numpy()
+        return out, out_scales
 
 
 def _product_dtype(stored: np.dtype) -> torch.dtype:

@@ -140,8 +140,8 @@ def _columns(meta, name):
 
 
 def test_an_eigen_index_stores_its_heaviest_entries_first(tokenizer, texts, labels, monkeypatch):
-    """The first columns of a wide eigen index are the narrow one, and the coarse pass over them feeds the
-    shortlist that the exact re-score ranks."""
+    """The first columns of a wide eigen index are the narrow one; the coarse pass over every row's sketch feeds
+    the shortlist that the exact re-score ranks."""
     from influence_core.engine import index as index_module
 
     engine = _fitted(tokenizer, texts, model=TinyMLP(), layers="hidden,head")
@@ -152,10 +152,12 @@ def test_an_eigen_index_stores_its_heaviest_entries_first(tokenizer, texts, labe
     exact = engine.score(texts[:2], labels[:2], texts, labels, self_influence=False).total(0)
     assert np.abs(wide.estimates(texts[:2], labels[:2])[0] - exact).max() < \
         np.abs(narrow.estimates(texts[:2], labels[:2])[0] - exact).max()
-    monkeypatch.setattr(index_module, "COARSE_BYTES", 6 * 8)  # 6 float64 entries
+    monkeypatch.setattr(index_module, "COARSE_BYTES", 6 * 8)  # 6 float64 buckets
     monkeypatch.setattr(index_module, "SHORTLIST_FACTOR", 2)
     projected = wide.query_rows(texts[:2], labels[:2])[0]
-    coarse = narrow.estimates(texts[:2], labels[:2])[0]
+    sketch, stored, _ = wide.coarse_sketch()
+    assert stored.shape == (len(texts), 6) and sketch.buckets == 6
+    coarse = sketch.apply(projected).numpy() @ stored.T
     fine = wide.estimates(texts[:2], labels[:2])[0]
     for q, got in enumerate(wide.shortlist(projected, 1)):
         near = np.sort(np.union1d(np.argsort(-coarse[q])[:2], np.argsort(coarse[q])[:2]))
@@ -165,6 +167,45 @@ def test_an_eigen_index_stores_its_heaviest_entries_first(tokenizer, texts, labe
         rows = answer[answer["query"] == q].set_index("direction")
         assert rows.loc["helpful", "train_row"] == got[np.argmax(exact[q, got])]
         _close(rows["influence"].to_numpy(), exact[q, rows["train_row"].to_numpy()], 1e-9)
+
+
+def test_the_coarse_sketch_is_an_unbiased_estimate_of_the_whole_row():
+    """With a bucket per entry the sketch's product is the rows' product; with fewer it is unbiased (its mean over
+    seeds converges to the product), and int8 sketch rows round each entry to 127 steps of the row's largest."""
+    from influence_core.engine.index import _CountSketch
+
+    rng = np.random.default_rng(0)
+    q, x = torch.from_numpy(rng.normal(size=(1, 40))), torch.from_numpy(rng.normal(size=(3, 40)))
+    exact = (q @ x.T).numpy()
+    whole = _CountSketch(40, 40, seed=3)
+    _close((whole.apply(q) @ whole.apply(x).T).numpy(), exact, 1e-12)
+    draws = np.stack([(s.apply(q) @ s.apply(x).T).numpy() for s in (_CountSketch(40, 7, seed) for seed in range(4000))])
+    assert np.all(np.abs(draws.mean(0) - exact) < 4 * draws.std(0) / np.sqrt(len(draws)))
+    assert np.all(draws.std(0) > 0.1)  # 7 buckets for 40 entries do collide
+    sketch = _CountSketch(40, 7, seed=1)
+    stored, scales = sketch.rows(x.numpy().astype(np.float16), np.array([2.0, 1.0, 0.5], np.float32), np.dtype(np.int8))
+    plain = sketch.apply(torch.from_numpy(x.numpy().astype(np.float16).astype(np.float32)) *
+                         torch.tensor([[2.0], [1.0], [0.5]])).numpy()
+    assert stored.dtype == np.int8 and np.abs(stored).max() == 127
+    assert np.all(np.abs(stored * scales[:, None] - plain) <= 0.5 * scales[:, None] + 1e-6)
+
+
+def test_the_coarse_sketch_is_kept_next_to_the_rows(tokenizer, texts, labels, tmp_path, monkeypatch):
+    from influence_core.engine import index as index_module
+
+    monkeypatch.setattr(index_module, "COARSE_BYTES", 4)
+    engine = _fitted(tokenizer, texts, model=TinyMLP(), layers="hidden,head")
+    built = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=False, entries=30, dtype="int8"))
+    built.save(tmp_path)
+    first = GradientIndex.load(tmp_path, engine, texts, labels)
+    _, stored, scales = first.coarse_sketch()
+    kept = list(tmp_path.glob("coarse-*.npz"))
+    assert [k.name for k in kept] == [f"coarse-4-{built.meta['seed']}.npz"]
+    _, again, again_scales = GradientIndex.load(tmp_path, engine, texts, labels).coarse_sketch()
+    np.testing.assert_array_equal(again, stored)
+    np.testing.assert_array_equal(again_scales, scales)
+    built.save(tmp_path)  # new rows in the folder: the old sketch goes
+    assert not list(tmp_path.glob("coarse-*.npz"))
 
 
 def test_exact_rows_are_chosen_when_they_fit_the_budget(tokenizer, texts, labels):
