@@ -334,13 +334,13 @@ def _prefix_shortlist_coverage(index, projected, exact: np.ndarray, top: int, ca
     from influence_core.engine.index import COARSE_BYTES, SHORTLIST_FACTOR
 
     coarse = index.lookup(projected, entries=COARSE_BYTES // index.rows.dtype.itemsize)
-    full = index.lookup(projected)
     keep = SHORTLIST_FACTOR * candidates
     covered = {1: [], -1: []}
     for q in range(len(exact)):
         for sign in (1, -1):
             near = np.argsort(-sign * coarse[q])[:keep]
-            best = near[np.argsort(-sign * full[q, near])[:candidates]]
+            fine = index.lookup(projected[q:q + 1], rows=near)[0]  # the whole width of the kept rows only
+            best = near[np.argsort(-sign * fine)[:candidates]]
             covered[sign].append(set(np.argsort(-sign * exact[q])[:top]) <= set(best))
     return {sign: float(np.mean(v)) for sign, v in covered.items()}
 

@@ -87,7 +87,6 @@ st.caption(f"Exact at {len(grid)} damping values: the engine scored this pair at
            "the two reviews. The circles are the values the analysis scored; they lie on the curve.")
 
 
-
 @st.cache_data(show_spinner="Asking the index at every damping…", max_entries=32)
 def index_sweep(analysis_key: str, q: int, grid: tuple[float, ...], _spec, _analysis) -> sweep.Sweep | None:
     return sweep.index_sweep(common.model_store(), _spec, _analysis, q, grid)

@@ -645,7 +645,7 @@ class GradientIndex:
         use (one read of them) and kept in memory and, for an index opened with :meth:`load`, next to its rows."""
         if self._coarse is not None:
             return self._coarse
-        storage = np.dtype(np.int8 if self.rows.dtype.itemsize <= 2 else self.rows.dtype)
+        storage = self._coarse_storage()
         sketch = _CountSketch(self.rows.shape[1], self._coarse_buckets(), int(self.meta.get("seed", 0)))
         path = None if self.folder is None else self.folder / COARSE_FILE.format(buckets=sketch.buckets,
                                                                                  seed=sketch.seed)
@@ -664,11 +664,13 @@ class GradientIndex:
                 pass
         return self._coarse
 
+    def _coarse_storage(self) -> np.dtype:
+        """The coarse sketch's storage: int8 for int8 and float16 rows, else the rows' own float type."""
+        return np.dtype(np.int8 if self.rows.dtype.itemsize <= 2 else self.rows.dtype)
+
     def _coarse_buckets(self) -> int:
-        """Entries of a coarse sketch row: ``COARSE_BYTES`` of int8 (for int8 and float16 rows) or of the rows'
-        own float type."""
-        itemsize = 1 if self.rows.dtype.itemsize <= 2 else self.rows.dtype.itemsize
-        return max(1, min(self.rows.shape[1], COARSE_BYTES // itemsize))
+        """Entries of a coarse sketch row: ``COARSE_BYTES`` of :meth:`_coarse_storage`."""
+        return max(1, min(self.rows.shape[1], COARSE_BYTES // self._coarse_storage().itemsize))
 
     def shortlist(self, projected: torch.Tensor, width: int) -> list[np.ndarray]:
         """Per query [width]: the training rows of the ``width`` largest and smallest estimates, in one pass over
@@ -694,7 +696,8 @@ class GradientIndex:
         """The ``top`` most helpful and most harmful training rows for each query.
 
         The index proposes ``max(rerank, top)`` helpful and as many harmful candidates per query; the engine
-        re-scores them exactly (``exact = 1``) and they are ranked by those scores. With ``adaptive`` the engine first re-scores the best ``max(2 top, FIRST_ROUND)`` of each side, measures the index's error on them, and
+        re-scores them exactly (``exact = 1``) and they are ranked by those scores. With ``adaptive`` the engine
+        first re-scores the best ``max(2 top, FIRST_ROUND)`` of each side, measures the index's error on them, and
         then only the other candidates whose estimate, widened by that error, could still enter the top; without
         it, every candidate in one pass. ``rerank=0`` returns the index estimates (``exact = 0``). ``damping``:
         absolute, or relative when the engine's config is.
