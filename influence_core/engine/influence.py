@@ -58,6 +58,14 @@ TOKEN_ROUTE_QUERIES = 4  # up to this many preconditioned queries meet the train
 DAMPED_CHUNK = 8192
 
 
+def damped_inverse(eigenvalues: torch.Tensor, dampings: torch.Tensor, layer: str) -> torch.Tensor:
+    """``1 / (L + damping_k)`` [K, n] for eigenvalues [n] and one layer's absolute dampings [K], in float64."""
+    denominator = eigenvalues.to(torch.float64).unsqueeze(0) + dampings.unsqueeze(1)
+    if (denominator <= 0).any():
+        raise ConfigError(f"damping 0 leaves zero eigenvalues in layer {layer}; use a positive damping")
+    return 1.0 / denominator
+
+
 def _damped_scores(query: torch.Tensor, rotated: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``out[k, q, b] = sum_e query[q, e] * weight[k, e] * rotated[b, e]``, shape [K, Q, B].
 
@@ -295,20 +303,22 @@ class InfluenceEngine:
         if self.config.method == "identity":
             return {name: None for name in self.layers}, {name: None for name in self.layers}
         factors = self._require_factors()
-        factors.check_compatible(self.fingerprint, self.layers, self.config.method)
         rotations, weights = {}, {}
-        for name in self.layers:
+        for name, values in self.layer_dampings(dampings).items():
             eigenvalues = factors.eigenvalues(name, self.config.method).reshape(-1)
-            if self.config.relative_damping is not None:
-                values = torch.as_tensor(dampings, dtype=torch.float64) * eigenvalues.mean()
-            else:
-                values = torch.as_tensor(dampings, dtype=torch.float64)
-            denominator = eigenvalues.unsqueeze(0) + values.unsqueeze(1)
-            if (denominator <= 0).any():
-                raise ConfigError(f"damping 0 leaves zero eigenvalues in layer {name}; use a positive damping")
             rotations[name] = factors.layers[name]
-            weights[name] = (1.0 / denominator).to(device=device, dtype=dtype)
+            weights[name] = damped_inverse(eigenvalues, values, name).to(device=device, dtype=dtype)
         return rotations, weights
+
+    def layer_dampings(self, dampings: np.ndarray) -> dict[str, torch.Tensor]:
+        """The absolute damping of every layer for each of ``dampings`` [K] (from :meth:`damping_values`), float64
+        [K] per layer: the values themselves, or relative values times the layer's mean eigenvalue."""
+        factors = self._require_factors()
+        factors.check_compatible(self.fingerprint, self.layers, self.config.method)
+        values = torch.as_tensor(dampings, dtype=torch.float64)
+        if self.config.relative_damping is None:
+            return {name: values for name in self.layers}
+        return {name: values * factors.eigenvalues(name, self.config.method).mean() for name in self.layers}
 
     def damping_values(self, dampings: Sequence[float] | None) -> np.ndarray:
         """The damping values to score, [K]: ``dampings`` checked, or the config's single value when None."""

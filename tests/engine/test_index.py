@@ -70,6 +70,31 @@ def test_a_damping_change_only_repreconditions_the_queries(tokenizer, texts, lab
            relative.score(texts[:2], labels[:2], texts, labels, self_influence=False).total(0))
 
 
+@pytest.mark.parametrize("relative", [False, True])
+def test_eigen_queries_are_the_engines_rotated_queries_at_the_stored_entries(relative, tokenizer, texts, labels):
+    """An eigen index computes its queries at the stored entries only (never the whole rotated gradient): they
+    equal the engine's whole rotated, preconditioned query gradients read at those entries, at several dampings at
+    once, over batches of several lengths."""
+    from influence_core.engine.influence import ProgressCounter
+
+    engine = _fitted(tokenizer, texts, **({"relative_damping": 1.0} if relative else {}))
+    index = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=False, entries=40, dtype="float64"))
+    assert index.meta["kind"] == "projected" and index.meta["basis"] == "eigen"
+    dampings = [1e-4, 1e-1, 3.0]
+    asked = engine.encode(texts[:5], labels[:5])
+    rotations, weights = engine.preconditioner(engine.damping_values(dampings))
+    with engine.session():
+        queries, _, _ = engine.query_gradients(asked, rotations, weights, ProgressCounter(None, 0),
+                                               {name: "rotated" for name in engine.layers})
+    projector = index.projector()
+    blocks = [projector.query_block(name, queries[name].unsqueeze(0) * weights[name].unsqueeze(1),
+                                    index.meta["shapes"][name][0]) for name in engine.layers]
+    expected = projector.arrange(torch.cat(blocks, dim=-1)).numpy()
+    got = index.query_rows(texts[:5], labels[:5], dampings=dampings).numpy()
+    assert got.shape == (3, 5, 40)
+    _close(got, expected, 1e-10)
+
+
 @pytest.mark.parametrize("method,exponent", [("ekfac", 0.5), ("ekfac", 0.0), ("kfac", 0.25)])
 def test_projected_scores_are_unbiased(method, exponent, tokenizer, texts, labels):
     """One small layer (5 x 7), both sides projected to 3: the mean over seeds converges to the exact score,
