@@ -18,12 +18,9 @@ import time
 import numpy as np
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reviews", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-
+def demo_setup(threads: int):
+    """``(engine, train, test)`` on the built-in demo with the app's defaults (FFN + head, relative damping 10), not
+    fitted, torch on ``threads`` threads; ``train`` and ``test`` are the demo corpus's splits."""
     import torch
 
     from influence_core.demo import load_model
@@ -32,12 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     from influence_core.sources.corpus import demo_corpus
     from influence_core.sources.models import ModelSource
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     loaded = load_model(ModelSource("demo"))
     corpus = demo_corpus()
-    train = corpus[corpus["split"] == "train"]
-    test = corpus[corpus["split"] == "test"].sample(args.reviews, random_state=0)
     engine = InfluenceEngine(loaded.model, loaded.tokenizer, EngineConfig(layers="ffn,head", relative_damping=10.0))
+    return engine, corpus[corpus["split"] == "train"], corpus[corpus["split"] == "test"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reviews", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    engine, train, test = demo_setup(args.threads)
+    test = test.sample(args.reviews, random_state=0)
     engine.fit(train["text"].tolist(), train["label"].to_numpy())
     scores = engine.score(test["text"].tolist(), test["label"].to_numpy(), train["text"].tolist(),
                           train["label"].to_numpy(), self_influence=False).total(0)

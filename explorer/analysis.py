@@ -26,7 +26,7 @@ from explorer.spec import (
     index_dir,
     index_ready,
 )
-from explorer.store import INDEX_CONFIG, ModelStore
+from explorer.store import ModelStore, index_config
 from influence_core.engine.index import GradientIndex, fit_and_index
 from influence_core.engine.scores import ScoreTable
 from influence_core.errors import DataError, FactorsError
@@ -233,14 +233,14 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
         if not loaded_factors:
             # the index rides on the fit's second pass (no pass of its own for the true or empirical Fisher)
             _, index = fit_and_index(engine, train["text"].tolist(), train["label"].to_numpy(),
-                                     config=INDEX_CONFIG, progress=sub("fit"))
+                                     config=index_config(engine, len(train)), progress=sub("fit"))
             engine.save_factors(path)
             fitted = "fitted"
     else:
         fitted = "not needed (identity)"
     if index is None and not index_ready(spec):
-        index = GradientIndex.build(engine, train["text"].tolist(), train["label"].to_numpy(), config=INDEX_CONFIG,
-                                    progress=sub("fit"))
+        index = GradientIndex.build(engine, train["text"].tolist(), train["label"].to_numpy(),
+                                    config=index_config(engine, len(train)), progress=sub("fit"))
     if index is not None:
         index.save(index_dir(spec), factors=False)
     estimates = None

@@ -94,3 +94,27 @@ def test_two_sessions_score_two_dampings_at_once(fitted, model_dir):
         for value in got:
             np.testing.assert_array_equal(value, alone[damping])
     assert store.engines_loaded() == 1
+
+
+
+def test_the_app_keeps_exact_rows_where_they_fit_and_an_int8_eigen_index_beyond(model_dir):
+    """Few training reviews: the exact float32 index; more than its memory budget holds (with layers larger than
+    the library's projected blocks): the int8 eigen index of PROJECTED_INDEX_CONFIG."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from explorer.store import INDEX_CONFIG, PROJECTED_INDEX_CONFIG, index_config
+    from influence_core.engine.index import GradientIndex
+
+    tokenizer = ModelStore().model(ModelSource("local", str(model_dir))).tokenizer
+    model = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=192,
+                                                     num_hidden_layers=1, num_attention_heads=2,
+                                                     intermediate_size=320, num_labels=2)).eval()
+    engine = InfluenceEngine(model, tokenizer, EngineConfig(layers="ffn,head"))
+    full = sum(engine.layer_size(name) for name in engine.layers)
+    fits = INDEX_CONFIG.memory_bytes // (4 * full)
+    assert index_config(engine, fits) is INDEX_CONFIG
+    assert GradientIndex.plan(engine, fits, INDEX_CONFIG)["kind"] == "exact"
+    beyond = index_config(engine, fits + 1)
+    assert beyond is PROJECTED_INDEX_CONFIG and beyond.dtype == "int8" and beyond.basis == "eigen"
+    plan = GradientIndex.plan(engine, fits + 1, beyond)
+    assert plan["kind"] == "projected" and plan["width"] == min(PROJECTED_INDEX_CONFIG.entries, full) < full
