@@ -26,7 +26,7 @@ from explorer.spec import (
     index_dir,
     index_ready,
 )
-from explorer.store import ModelStore, index_config
+from explorer.store import CARDS, RERANK, ModelStore, index_config
 from influence_core.engine.index import GradientIndex, fit_and_index
 from influence_core.engine.scores import ScoreTable
 from influence_core.errors import DataError, FactorsError
@@ -262,7 +262,8 @@ def compute_analysis(spec: AnalysisSpec, store: ModelStore, progress: Any = None
     agreement = None
     if estimates is not None:
         k = table.damping_index(spec.chosen_damping)
-        agreement = index_agreement(estimates, table.total(k))
+        # measured as the app asks: the top 5 cards per side among the RERANK candidates it re-scores
+        agreement = index_agreement(estimates, table.total(k), top=CARDS, candidates=RERANK)
         agreement.update(kind=index.meta["kind"], bytes_per_example=index.bytes_per_example,
                          basis=index.meta.get("basis", "random"), entries=int(index.rows.shape[1]))
         # and per layer, for the Layers page's early estimate

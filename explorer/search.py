@@ -15,7 +15,7 @@ import pandas as pd
 
 from explorer.analysis import Analysis
 from explorer.spec import AnalysisSpec
-from explorer.store import RERANK, ModelStore
+from explorer.store import CARDS, RERANK, ModelStore
 
 
 @dataclass
@@ -39,7 +39,7 @@ class SearchResult:
 
 
 def search_training(store: ModelStore, spec: AnalysisSpec, analysis: Analysis, text: str, *, label: int | None = None,
-                    damping: float | None = None, top: int = 5, rerank: int = RERANK) -> SearchResult | None:
+                    damping: float | None = None, top: int = CARDS, rerank: int = RERANK) -> SearchResult | None:
     """The ``top`` most helpful and harmful training reviews for ``text`` with ``label`` (default: predicted).
 
     Returns None when the analysis has no index (computed before the index existed): the caller falls back to a

@@ -32,6 +32,8 @@ INDEX_CONFIG = IndexConfig()
 PROJECTED_INDEX_CONFIG = IndexConfig(exact=False, dtype="int8", entries=108_036)
 #: Training reviews the index proposes per direction for the engine to re-score exactly (what a card shows).
 RERANK = 10
+#: Cards per direction an answer from the index shows by default.
+CARDS = 5
 
 
 def index_config(engine: InfluenceEngine, n_train: int) -> IndexConfig:
