@@ -57,18 +57,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=10, help="different inputs timed per kind of answer")
     parser.add_argument("--slice", type=int, default=40, help="test reviews in the new test slice")
     parser.add_argument("--rerank", type=int, default=None, help="candidates re-scored per side (default: the app's)")
+    parser.add_argument("--entries", type=int, default=None,
+                        help="an eigen index of this many entries per review instead of the app's choice")
+    parser.add_argument("--dtype", default="int8", choices=["int8", "float32"], help="its storage, with --entries")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
     from benchmarks.highlight import demo_setup
-    from explorer.store import RERANK, index_config
-    from influence_core.engine.index import fit_and_index
+    from explorer.store import CARDS, RERANK, index_config
+    from influence_core.engine.index import IndexConfig, fit_and_index
 
     engine, train, test = demo_setup(args.threads)
     test = test.sample(frac=1.0, random_state=0)
     texts, labels = train["text"].tolist(), train["label"].to_numpy()
     started = time.perf_counter()
-    _, index = fit_and_index(engine, texts, labels, config=index_config(engine, len(texts)))
+    config = index_config(engine, len(texts)) if args.entries is None else \
+        IndexConfig(exact=False, dtype=args.dtype, entries=args.entries)
+    _, index = fit_and_index(engine, texts, labels, config=config)
     fit_seconds = time.perf_counter() - started
     rerank = RERANK if args.rerank is None else args.rerank
     n = args.questions
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     def ask(text: str, label: int | None = None, **kwargs) -> None:
         proba = engine.predict_proba([text])[0]
         chosen = int(np.argmax(proba)) if label is None else int(label)
-        index.query([text], [chosen], top=5, rerank=rerank, **kwargs)
+        index.query([text], [chosen], top=CARDS, rerank=rerank, **kwargs)
 
     def other_label(text: str) -> None:
         ask(text, 1 - int(np.argmax(engine.predict_proba([text])[0])))
@@ -99,27 +104,28 @@ def main(argv: list[str] | None = None) -> int:
     }
     highlight = []
     for text, label in reviews:
-        found = index.query([text], [label], top=5, rerank=rerank)
+        found = index.query([text], [label], top=CARDS, rerank=rerank)
         rows = found["train_row"].tolist()
         started = time.perf_counter()
         engine.token_influences(text, int(label), [texts[j] for j in rows], [int(labels[j]) for j in rows])
         highlight.append(time.perf_counter() - started)
     timings["Token highlighting of the 10 cards (after the cards)"] = highlight
-    # do the re-scored cards equal the engine's own top 5 over every training review?
+    # do the re-scored cards equal the engine's own top CARDS over every training review?
     asked_texts, asked_labels = [r[0] for r in reviews], [r[1] for r in reviews]
     exact = engine.score(asked_texts, asked_labels, texts, labels, self_influence=False).total(0)
-    answers = index.query(asked_texts, asked_labels, top=5, rerank=rerank)
+    answers = index.query(asked_texts, asked_labels, top=CARDS, rerank=rerank)
     equal = []
     for q in range(len(reviews)):
         for direction, sign in (("helpful", 1), ("harmful", -1)):
             shown = answers[(answers["query"] == q) & (answers["direction"] == direction)]["train_row"].tolist()
-            equal.append(shown == list(np.argsort(-sign * exact[q], kind="stable")[:5]))
-    rerank_flag = "" if args.rerank is None else f" --rerank {rerank}"
-    print(f"`python -m benchmarks.demo_latency --questions {n} --slice {args.slice}{rerank_flag} --threads "
+            equal.append(shown == list(np.argsort(-sign * exact[q], kind="stable")[:CARDS]))
+    flags = ("" if args.rerank is None else f" --rerank {rerank}") + \
+        ("" if args.entries is None else f" --entries {args.entries} --dtype {args.dtype}")
+    print(f"`python -m benchmarks.demo_latency --questions {n} --slice {args.slice}{flags} --threads "
           f"{args.threads}`\n")
     print(f"fit + index: {fit_seconds:.0f} s ({index.meta['kind']} index, {index.rows.shape[1]:,} entries per "
-          f"review, {index.bytes_per_example:,} bytes); re-score: {rerank} per side; the 5 cards per side equal "
-          f"the engine's top 5 over all {len(texts)} training reviews (order too) for {np.mean(equal):.0%} of "
+          f"review, {index.bytes_per_example:,} bytes); re-score: {rerank} per side; the {CARDS} cards per side "
+          f"equal the engine's top {CARDS} over all {len(texts)} training reviews (order too) for {np.mean(equal):.0%} of "
           f"{len(equal)} (review, side) pairs\n")
     print("| answer (engine time, page drawing not included) | median s | max s |")
     print("|---|---|---|")

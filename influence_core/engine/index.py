@@ -251,7 +251,7 @@ class _EigenSelector:
     """
 
     def __init__(self, meta: dict, dtype: torch.dtype, device, factors: Factors):
-        self.factors = factors
+        self.factors, self.device = factors, device
         self._eigenvalues: dict[tuple[str, str], torch.Tensor] = {}  # (method, layer): L at the stored entries
         weights = {}
         for name in meta["layers"]:
@@ -296,10 +296,9 @@ class _EigenSelector:
         for name, values in dampings.items():
             if (method, name) not in self._eigenvalues:
                 eigenvalues = self.factors.eigenvalues(name, method).to(torch.float64)
-                picked = self.query_block(name, eigenvalues.reshape(1, -1).to(self.column_scale.device),
-                                          eigenvalues.shape[0])
+                picked = self.query_block(name, eigenvalues.reshape(1, -1).to(self.device), eigenvalues.shape[0])
                 self._eigenvalues[(method, name)] = picked[0]
-            out[name] = damped_inverse(self._eigenvalues[(method, name)], values.to(self.column_scale.device), name)
+            out[name] = damped_inverse(self._eigenvalues[(method, name)], values.to(self.device), name)
         return out
 
     def training_block(self, name: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -96,7 +96,6 @@ def test_two_sessions_score_two_dampings_at_once(fitted, model_dir):
     assert store.engines_loaded() == 1
 
 
-
 def test_the_app_keeps_exact_rows_where_they_fit_and_an_int8_eigen_index_beyond(model_dir):
     """Few training reviews: the exact float32 index; more than its memory budget holds (with layers larger than
     the library's projected blocks): the int8 eigen index of PROJECTED_INDEX_CONFIG."""
