@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -64,8 +65,10 @@ STORAGE = {"int8": np.int8, "float16": np.float16, "float32": np.float32, "float
 SCALED = ("int8", "float16")  # storages whose rows carry a float32 scale each
 Progress = Callable[[int, int, str], None]
 CHUNK_BYTES = 256 * 1024**2  # stored rows read per product
+GATHER_BYTES = 64 * 1024**2  # scattered rows copied per product, into one buffer reused for every chunk
 COARSE_BYTES = 16384  # bytes per row of the coarse first pass of an eigen index (a count sketch of each row)
 SHORTLIST_FACTOR = 20  # rows the coarse pass keeps, per candidate asked for
+COARSE_SIGMAS = 1.5  # the coarse pass ranks each row by its estimate widened by this many of its error's deviations
 COARSE_FILE = "coarse-{buckets}-{seed}.npz"  # the coarse pass's sketch, kept next to the rows after its first use
 FIRST_ROUND = 20  # candidates per side the adaptive re-score starts with
 MARGIN_SIGMAS = 4.0  # how far (in measured standard deviations) a skipped candidate's estimate must stay off the top
@@ -356,6 +359,7 @@ class GradientIndex:
         self.train_labels = None if train_labels is None else np.asarray(train_labels, dtype=np.int64)
         self._projector: _Projector | _EigenSelector | None = None
         self._coarse: tuple[_CountSketch, np.ndarray, np.ndarray] | None = None
+        self._norms: np.ndarray | None = None
         self.folder: Path | None = None  # where :meth:`load` found the index (the coarse sketch is kept there)
 
     # ----------------------------------------------------------------- building
@@ -649,20 +653,24 @@ class GradientIndex:
         peak = projected.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         scaled = (projected / peak).to(storage)
         selected = np.arange(stored.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
-        chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (width * stored.dtype.itemsize))
+        gather = _Gather(stored, width) if rows is not None else None
+        row_bytes = width * stored.dtype.itemsize
+        chunk_rows = chunk_rows or max(1, (CHUNK_BYTES if gather is None else GATHER_BYTES) // row_bytes)
         picks = None if groups is None else [torch.from_numpy(np.asarray(g)).to(projected.device) for g in groups]
+        whole = _IntegerQuery.split(scaled) if stored.dtype == np.int8 and picks is None else scaled
         out = np.empty((1 if picks is None else len(picks), projected.shape[0], len(selected)))
         for s in range(0, len(selected), chunk_rows):
             picked = selected[s:s + chunk_rows]
-            if rows is None:
-                part = np.asarray(stored[picked[0]:picked[-1] + 1, :width])
+            if gather is not None:
+                part = gather(picked)
             else:
-                part = np.asarray(stored[picked, :width])
-            if not part.flags.writeable or not part.flags.c_contiguous:  # a slice of a read-only memory map
-                part = np.array(part)
-            part = torch.from_numpy(part).to(projected.device)
+                part = np.asarray(stored[picked[0]:picked[-1] + 1, :width])
+                if not part.flags.writeable or not part.flags.c_contiguous:  # a slice of a read-only memory map
+                    part = np.array(part)
+                part = torch.from_numpy(part)
+            part = part.to(projected.device)
             if picks is None:
-                out[0, :, s:s + chunk_rows] = _product(scaled, part).cpu().numpy()
+                out[0, :, s:s + chunk_rows] = _product(whole, part).cpu().numpy()
             for i, picked in enumerate(picks or ()):
                 out[i, :, s:s + chunk_rows] = _product(scaled.index_select(1, picked),
                                                        part.index_select(1, picked)).cpu().numpy()
@@ -690,17 +698,39 @@ class GradientIndex:
         if path is not None and path.is_file():
             with np.load(path, allow_pickle=False) as kept:
                 stored, scales = kept["rows"], kept["scales"]
+                norms = kept["norms"] if "norms" in kept.files else None
             if stored.shape == (self.rows.shape[0], sketch.buckets) and stored.dtype == storage:
                 self._coarse = (sketch, stored, scales)
+                if norms is not None and norms.shape == (self.rows.shape[0],):
+                    self._norms = norms
+                    return self._coarse
+                self._save_coarse(path)  # an older file without the row norms: add them
                 return self._coarse
         stored, scales = sketch.rows(self.rows, self.scales, storage)
         self._coarse = (sketch, stored, scales)
-        if path is not None:
-            try:
-                np.savez(path, rows=stored, scales=scales)
-            except OSError:  # a read-only index folder: keep the sketch in memory only
-                pass
+        self._save_coarse(path)
         return self._coarse
+
+    def _save_coarse(self, path: Path | None) -> None:
+        if path is None:
+            return
+        _, stored, scales = self._coarse
+        try:
+            np.savez(path, rows=stored, scales=scales, norms=self.row_norms())
+        except OSError:  # a read-only index folder: keep the sketch in memory only
+            pass
+
+    def row_norms(self) -> np.ndarray:
+        """The Euclidean norm of every stored row (times its scale), [n] float64: computed once from the rows, and
+        kept in the coarse sketch's file."""
+        if self._norms is None:
+            norms = np.empty(self.rows.shape[0])
+            chunk = max(1, CHUNK_BYTES // (self.rows.shape[1] * 4))
+            for start in range(0, len(norms), chunk):
+                part = torch.from_numpy(np.array(self.rows[start:start + chunk])).to(torch.float32)
+                norms[start:start + chunk] = part.norm(dim=1).double().numpy()
+            self._norms = norms if self.scales is None else norms * np.asarray(self.scales, dtype=np.float64)
+        return self._norms
 
     def _coarse_storage(self) -> np.dtype:
         """The coarse sketch's storage: int8 for int8 and float16 rows, else the rows' own float type."""
@@ -713,7 +743,12 @@ class GradientIndex:
     def shortlist(self, projected: torch.Tensor, width: int) -> list[np.ndarray]:
         """Per query [width]: the training rows of the ``width`` largest and smallest estimates, in one pass over
         all rows when the index is small, else a coarse pass over every row's count sketch (``eigen`` basis) that
-        keeps ``SHORTLIST_FACTOR`` times as many rows, then the whole width on those."""
+        keeps ``SHORTLIST_FACTOR`` times as many rows per side, then the whole width on those.
+
+        A sketch estimate errs with a standard deviation of about ``|q| |x| / sqrt(buckets)`` (query and row norms
+        over the whole width; the tests check it), so rows with a large norm are the likeliest to
+        be misplaced. The coarse pass therefore keeps, per side, the rows whose estimate widened by
+        ``COARSE_SIGMAS`` of those deviations (plus for helpful, minus for harmful) is the most extreme."""
         return [rows for rows, _ in self._shortlist(projected, width)]
 
     def _shortlist(self, projected: torch.Tensor, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -724,8 +759,12 @@ class GradientIndex:
                 or 2 * keep >= n_rows:
             return [_extremes(row, np.arange(n_rows), width) for row in self.lookup(projected)]
         picked = []
-        for q, row in enumerate(self._coarse_lookup(projected)):
-            near, _ = _extremes(row, np.arange(n_rows), keep)
+        coarse = self._coarse_lookup(projected)
+        spread = COARSE_SIGMAS * self.row_norms() / math.sqrt(self._coarse_buckets())
+        for q, row in enumerate(coarse):
+            widened = float(projected[q].double().norm()) * spread
+            near = np.union1d(np.argpartition(-(row + widened), keep - 1)[:keep],
+                              np.argpartition(row - widened, keep - 1)[:keep])
             picked.append(_extremes(self.lookup(projected[q:q + 1], rows=near)[0], near, width))
         return picked
 
@@ -862,6 +901,26 @@ class _CountSketch:
         return out, out_scales
 
 
+class _Gather:
+    """Copies of chosen stored rows (their first ``width`` columns), each chunk into one buffer reused for every
+    chunk. A fresh array per chunk costs more than the product itself (the memory is new each time); rows held in
+    memory are gathered by ``torch.index_select``, rows of a read-only memory map or a prefix by numpy indexing."""
+
+    def __init__(self, stored: np.ndarray, width: int):
+        self.fast = width == stored.shape[1] and stored.flags.writeable and stored.flags.c_contiguous
+        self.source = torch.from_numpy(stored) if self.fast else stored
+        self.width, self.buffer = width, None
+
+    def __call__(self, picked: np.ndarray) -> torch.Tensor:
+        if not self.fast:
+            return torch.from_numpy(np.array(self.source[picked, :self.width]))
+        if self.buffer is None or self.buffer.shape[0] < len(picked):
+            self.buffer = torch.empty((len(picked), self.width), dtype=self.source.dtype)
+        part = self.buffer[:len(picked)]
+        torch.index_select(self.source, 0, torch.from_numpy(picked), out=part)
+        return part
+
+
 def _product_dtype(stored: np.dtype) -> torch.dtype:
     """The precision a query is cast to for a product with stored rows: the storage's own, float32 for int8 (whose
     product :func:`_product` runs in integers)."""
@@ -871,32 +930,48 @@ def _product_dtype(stored: np.dtype) -> torch.dtype:
 INT32_SAFE_WIDTH = 2**31 // (127 * 127)  # int8 x int8 products summed over this many columns fit an int32
 
 
-def _product(query: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+@dataclass
+class _IntegerQuery:
+    """A float query [Q, w] split into two int8 parts for :func:`_product`: its 127 steps and the 127 steps of what
+    they leave (about 14 bits), each window of ``INT32_SAFE_WIDTH`` columns laid out for ``torch._int_mm``."""
+
+    windows: list[torch.Tensor]  # [window, 2Q] int8 each
+    high_step: torch.Tensor  # [Q, 1]
+    low_step: torch.Tensor  # [Q, 1]
+
+    @classmethod
+    def split(cls, query: torch.Tensor) -> _IntegerQuery:
+        query = query.to(torch.float64)
+        tiny = torch.finfo(torch.float64).tiny
+        high_step = query.abs().amax(dim=1, keepdim=True).clamp_min(tiny) / 127
+        high = torch.round(query / high_step)
+        rest = query - high * high_step
+        low_step = rest.abs().amax(dim=1, keepdim=True).clamp_min(tiny) / 127
+        both = torch.cat([high, torch.round(rest / low_step)]).to(torch.int8)  # [2Q, w]
+        windows = [both[:, start:start + INT32_SAFE_WIDTH].T.contiguous()
+                   for start in range(0, both.shape[1], INT32_SAFE_WIDTH)]
+        return cls(windows, high_step, low_step)
+
+
+def _product(query: torch.Tensor | _IntegerQuery, part: torch.Tensor) -> torch.Tensor:
     """``query @ part.T`` in float64, [Q, n], for queries [Q, w] and stored rows ``part`` [n, w].
 
     Float rows multiply in their own precision. Int8 rows are never widened (that costs more than the product): the
-    query is split into two int8 parts, its 127 steps and the 127 steps of what they leave, and both multiply the
-    rows in integer arithmetic (``torch._int_mm``) in one read of them, which keeps about 14 bits of the query."""
+    query is split into two int8 parts (:class:`_IntegerQuery`; pass it split to reuse it over chunks of rows) and
+    both multiply the rows in integer arithmetic (``torch._int_mm``) in one read of them."""
     if part.dtype != torch.int8:
         return (query @ part.T).double()
-    query = query.to(torch.float64)
-    tiny = torch.finfo(torch.float64).tiny
-    high_step = query.abs().amax(dim=1, keepdim=True).clamp_min(tiny) / 127
-    high = torch.round(query / high_step)
-    rest = query - high * high_step
-    low_step = rest.abs().amax(dim=1, keepdim=True).clamp_min(tiny) / 127
-    low = torch.round(rest / low_step)
-    both = torch.cat([high, low]).to(torch.int8)  # [2Q, w]
-    total = torch.zeros(part.shape[0], both.shape[0], dtype=torch.float64, device=part.device)
-    for start in range(0, part.shape[1], INT32_SAFE_WIDTH):
-        end = start + INT32_SAFE_WIDTH
-        left, right = part[:, start:end].contiguous(), both[:, start:end].T.contiguous()
+    split = query if isinstance(query, _IntegerQuery) else _IntegerQuery.split(query)
+    total = torch.zeros(part.shape[0], split.windows[0].shape[1], dtype=torch.float64, device=part.device)
+    for window, right in enumerate(split.windows):
+        start = window * INT32_SAFE_WIDTH
+        left = part[:, start:start + right.shape[0]].contiguous()
         try:
             total += torch._int_mm(left, right).double()
         except (RuntimeError, NotImplementedError):  # no integer kernel for these shapes here: widen this block
             total += (left.float() @ right.float()).double()
-    n = query.shape[0]
-    return total[:, :n].T * high_step + total[:, n:].T * low_step
+    n = split.high_step.shape[0]
+    return total[:, :n].T * split.high_step + total[:, n:].T * split.low_step
 
 
 def _extremes(values: np.ndarray, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -184,14 +184,40 @@ def test_an_eigen_index_stores_its_heaviest_entries_first(tokenizer, texts, labe
     assert stored.shape == (len(texts), 6) and sketch.buckets == 6
     coarse = sketch.apply(projected).numpy() @ stored.T
     fine = wide.estimates(texts[:2], labels[:2])[0]
+    norms = np.linalg.norm(wide.rows, axis=1) * (1 if wide.scales is None else wide.scales)
+    np.testing.assert_allclose(wide.row_norms(), norms, rtol=1e-6)
     for q, got in enumerate(wide.shortlist(projected, 1)):
-        near = np.sort(np.union1d(np.argsort(-coarse[q])[:2], np.argsort(coarse[q])[:2]))
+        spread = index_module.COARSE_SIGMAS * float(projected[q].norm()) * norms / np.sqrt(6)
+        near = np.union1d(np.argsort(-(coarse[q] + spread))[:2], np.argsort(coarse[q] - spread)[:2])
         assert set(got) == {near[np.argmax(fine[q, near])], near[np.argmin(fine[q, near])]}
+    sigmas = index_module.COARSE_SIGMAS
+    monkeypatch.setattr(index_module, "COARSE_SIGMAS", 1e6)  # then the two heaviest rows are kept on each side
+    heaviest = set(np.argsort(-norms)[:2])
+    for got in wide.shortlist(projected, 1):
+        assert set(got) <= heaviest
+    monkeypatch.setattr(index_module, "COARSE_SIGMAS", sigmas)
     answer = wide.query(texts[:2], labels[:2], top=1, rerank=1)
     for q, got in enumerate(wide.shortlist(projected, 1)):
         rows = answer[answer["query"] == q].set_index("direction")
         assert rows.loc["helpful", "train_row"] == got[np.argmax(exact[q, got])]
         _close(rows["influence"].to_numpy(), exact[q, rows["train_row"].to_numpy()], 1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float64"])
+def test_a_lookup_of_chosen_rows_equals_those_columns_of_the_whole_lookup(tokenizer, texts, labels, tmp_path, dtype):
+    """Chosen rows (any order, repeats, chunks smaller than the request, so the gather buffer is reused and the last
+    chunk is short) read the same products as the whole lookup, held in memory, memory-mapped or as a prefix."""
+    engine = _fitted(tokenizer, texts, model=TinyMLP(), layers="hidden,head")
+    index = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=False, entries=30, dtype=dtype))
+    projected = index.query_rows(texts[:3], labels[:3])[0]
+    chosen = np.array([5, 0, 6, 6, 2, 4, 1])
+    loaded = GradientIndex.load(index.save(tmp_path / "ix"), engine, texts, labels)
+    assert isinstance(loaded.rows, np.memmap)
+    for source in (index, loaded):
+        whole = source.lookup(projected)
+        _close(source.lookup(projected, rows=chosen, chunk_rows=3), whole[:, chosen], 1e-12)
+        _close(source.lookup(projected, rows=chosen, chunk_rows=3, entries=6),
+               source.lookup(projected, entries=6)[:, chosen], 1e-12)
 
 
 def test_the_coarse_sketch_is_an_unbiased_estimate_of_the_whole_row():
@@ -213,6 +239,12 @@ def test_the_coarse_sketch_is_an_unbiased_estimate_of_the_whole_row():
                          torch.tensor([[2.0], [1.0], [0.5]])).numpy()
     assert stored.dtype == np.int8 and np.abs(stored).max() == 127
     assert np.all(np.abs(stored * scales[:, None] - plain) <= 0.5 * scales[:, None] + 1e-6)
+    # its error's standard deviation is about |q| |x| / sqrt(buckets), the spread the coarse pass widens by
+    q, x = torch.from_numpy(rng.normal(size=(1, 400))), torch.from_numpy(rng.normal(size=(3, 400)) * [[0.5], [1], [3]])
+    errors = np.stack([(s.apply(q) @ s.apply(x).T).numpy() - (q @ x.T).numpy()
+                       for s in (_CountSketch(400, 20, seed) for seed in range(2000))])
+    ratio = errors.std(0)[0] / (q.norm() * x.norm(dim=1) / np.sqrt(20)).numpy()
+    assert np.all((ratio > 0.85) & (ratio < 1.1)), ratio
 
 
 def test_the_coarse_sketch_is_kept_next_to_the_rows(tokenizer, texts, labels, tmp_path, monkeypatch):
@@ -229,6 +261,13 @@ def test_the_coarse_sketch_is_kept_next_to_the_rows(tokenizer, texts, labels, tm
     _, again, again_scales = GradientIndex.load(tmp_path, engine, texts, labels).coarse_sketch()
     np.testing.assert_array_equal(again, stored)
     np.testing.assert_array_equal(again_scales, scales)
+    norms = first.row_norms()
+    with np.load(kept[0]) as file:
+        np.testing.assert_array_equal(file["norms"], norms)
+    np.savez(kept[0], rows=stored, scales=scales)  # a sketch kept before the row norms were: they are added
+    GradientIndex.load(tmp_path, engine, texts, labels).coarse_sketch()
+    with np.load(kept[0]) as file:
+        np.testing.assert_allclose(file["norms"], norms, rtol=1e-12)
     built.save(tmp_path)  # new rows in the folder: the old sketch goes
     assert not list(tmp_path.glob("coarse-*.npz"))
 
@@ -380,8 +419,9 @@ def test_the_adaptive_rescore_skips_only_candidates_that_cannot_enter_the_top(to
     pd.testing.assert_frame_equal(wide, plain)
 
 
-def test_int8_rows_multiply_in_integers_with_a_two_part_query():
-    from influence_core.engine.index import _product
+def test_int8_rows_multiply_in_integers_with_a_two_part_query(monkeypatch):
+    from influence_core.engine import index as index_module
+    from influence_core.engine.index import _IntegerQuery, _product
 
     generator = torch.Generator().manual_seed(0)
     rows = torch.randint(-127, 128, (50, 300), dtype=torch.int8, generator=generator)
@@ -395,6 +435,13 @@ def test_int8_rows_multiply_in_integers_with_a_two_part_query():
     one_part = torch.round(query / (query.abs().amax(dim=1, keepdim=True) / 127))  # what a single int8 part keeps
     assert (got - expected).abs().max() < 0.01 * (one_part * query.abs().amax(dim=1, keepdim=True) / 127
                                                   @ rows.double().T - expected).abs().max()
+    split = _IntegerQuery.split(query)  # split once, reused for every chunk of rows
+    torch.testing.assert_close(torch.cat([_product(split, rows[:20]), _product(split, rows[20:])], dim=1), got,
+                               rtol=0, atol=0)
+    monkeypatch.setattr(index_module, "INT32_SAFE_WIDTH", 64)  # five windows of columns, the last one short
+    windowed = _IntegerQuery.split(query)
+    assert [w.shape for w in windowed.windows] == [(64, 6)] * 4 + [(44, 6)]
+    torch.testing.assert_close(_product(windowed, rows), got, rtol=1e-12, atol=1e-9)
 
 
 def test_an_int8_eigen_index_keeps_its_small_entries(tokenizer, texts, labels, monkeypatch):
