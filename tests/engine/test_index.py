@@ -207,12 +207,15 @@ def test_an_eigen_index_stores_its_heaviest_entries_first(tokenizer, texts, labe
 def test_a_lookup_of_chosen_rows_equals_those_columns_of_the_whole_lookup(tokenizer, texts, labels, tmp_path, dtype):
     """Chosen rows (any order, repeats, chunks smaller than the request, so the gather buffer is reused and the last
     chunk is short) read the same products as the whole lookup, held in memory, memory-mapped or as a prefix."""
+    from influence_core.engine.index import _Gather
+
     engine = _fitted(tokenizer, texts, model=TinyMLP(), layers="hidden,head")
     index = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=False, entries=30, dtype=dtype))
     projected = index.query_rows(texts[:3], labels[:3])[0]
     chosen = np.array([5, 0, 6, 6, 2, 4, 1])
     loaded = GradientIndex.load(index.save(tmp_path / "ix"), engine, texts, labels)
     assert isinstance(loaded.rows, np.memmap)
+    assert _Gather(index.rows, index.rows.shape[1]).fast and not _Gather(loaded.rows, loaded.rows.shape[1]).fast
     for source in (index, loaded):
         whole = source.lookup(projected)
         _close(source.lookup(projected, rows=chosen, chunk_rows=3), whole[:, chosen], 1e-12)
