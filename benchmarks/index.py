@@ -301,7 +301,7 @@ def _latency(index, q_texts, q_labels, exact: np.ndarray, top: int, candidates: 
     """The shipped query path at the index's full width, one query at a time: the lookup alone (coarse pass and
     shortlist) and end to end (tokenize, gradient, precondition, lookup, exact re-score of ``candidates`` per
     direction, adaptive or all of them), and whether the re-ranked top equals the engine's."""
-    from influence_core.engine.index import SHORTLIST_FACTOR
+    from influence_core.engine import index as index_module
 
     projected = index.query_rows(q_texts, q_labels)[0]
     start = time.perf_counter()
@@ -315,9 +315,7 @@ def _latency(index, q_texts, q_labels, exact: np.ndarray, top: int, candidates: 
         for sign in (1, -1):
             covered[sign].append(set(np.argsort(-sign * exact[q])[:top]) <= set(shortlist))
     prefix = _prefix_shortlist_coverage(index, projected, exact, top, candidates)
-    from influence_core.engine import index as index_module
-
-    out = {"lookup_seconds_median": float(np.median(lookups)), "shortlist_factor": SHORTLIST_FACTOR,
+    out = {"lookup_seconds_median": float(np.median(lookups)), "shortlist_factor": index_module.SHORTLIST_FACTOR,
            "coarse_sigmas": index_module.COARSE_SIGMAS,
            "coarse_sketch_seconds": sketch_seconds, "exact_top_in_prefix_shortlist_helpful": prefix[1],
            "exact_top_in_prefix_shortlist_harmful": prefix[-1],

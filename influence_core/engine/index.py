@@ -703,8 +703,8 @@ class GradientIndex:
                 self._coarse = (sketch, stored, scales)
                 if norms is not None and norms.shape == (self.rows.shape[0],):
                     self._norms = norms
-                    return self._coarse
-                self._save_coarse(path)  # an older file without the row norms: add them
+                else:
+                    self._save_coarse(path)  # an older file without the row norms: add them
                 return self._coarse
         stored, scales = sketch.rows(self.rows, self.scales, storage)
         self._coarse = (sketch, stored, scales)
@@ -746,9 +746,9 @@ class GradientIndex:
         keeps ``SHORTLIST_FACTOR`` times as many rows per side, then the whole width on those.
 
         A sketch estimate errs with a standard deviation of about ``|q| |x| / sqrt(buckets)`` (query and row norms
-        over the whole width; the tests check it), so rows with a large norm are the likeliest to
-        be misplaced. The coarse pass therefore keeps, per side, the rows whose estimate widened by
-        ``COARSE_SIGMAS`` of those deviations (plus for helpful, minus for harmful) is the most extreme."""
+        over the whole width; the tests check it), so rows with a large norm are the likeliest to be misplaced. The
+        coarse pass therefore keeps, per side, the rows whose estimate widened by ``COARSE_SIGMAS`` of those
+        deviations (plus for helpful, minus for harmful) is the most extreme."""
         return [rows for rows, _ in self._shortlist(projected, width)]
 
     def _shortlist(self, projected: torch.Tensor, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
