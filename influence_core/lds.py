@@ -557,6 +557,7 @@ def run_lds(model, tokenizer, train_texts: Sequence[str], train_labels: Sequence
         folder = cache_dir("lds", "retrains", stable_hash({"head": trainer.key, "labels": train_labels.tolist()}))
         retrainer = _Retrainer(folder, lambda mask, seed: train_head_subset(trainer, mask, train_labels, seed))
     else:
+        from influence_core.training.finetune import library_versions
         from influence_core.training.retrain import recipe_of
 
         if model_dir is None:
@@ -567,7 +568,8 @@ def run_lds(model, tokenizer, train_texts: Sequence[str], train_labels: Sequence
             f"{k} {v}" for k, v in recipe.hyperparameters.items()) + ")"
         folder = cache_dir("lds", "retrains", stable_hash({"finetune": recipe, "texts": stable_hash(train_texts),
                                                            "labels": train_labels.tolist(),
-                                                           "test": stable_hash(test_texts)}))
+                                                           "test": stable_hash(test_texts),
+                                                           "versions": library_versions()}))
         retrainer = _Retrainer(folder, lambda mask, seed: train_finetune_subset(
             recipe, train_texts, train_labels.tolist(), test_texts, mask, seed, cancel))
         seconds["features"] = 0.0

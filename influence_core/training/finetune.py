@@ -39,6 +39,9 @@ WARMUP_FRACTION = 0.1
 LENGTH_GROUP_WINDOW = 50
 #: The training dynamics saved next to ``finetune.json``.
 DYNAMICS_FILE = "dynamics.npz"
+#: Bump when this loop's arithmetic changes (same recipe, different weights), so cached fine-tunes are redone.
+#: 2: the fused AdamW update (the same update as ``foreach``, equal to rounding, about 5x faster on 2 CPU cores).
+LOOP_VERSION = 2
 
 
 class FinetuneCancelled(InfluenceError):
@@ -200,8 +203,7 @@ def finetune(
     rng = random.Random(seed)
     batches_per_epoch = math.ceil(len(texts) / batch_size)
     total_steps = epochs * batches_per_epoch
-    # foreach: one fused update per group instead of a Python loop over tensors (the default only on GPUs)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, weight_decay), lr=lr, foreach=True)
+    optimizer = _adamw(_parameter_groups(model, weight_decay), lr)
     warmup = int(WARMUP_FRACTION * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total_steps))
 
@@ -319,11 +321,12 @@ def predict_proba(
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries that decide what a fine-tune produces (part of the demo model's cache key)."""
+    """Versions of the code that decides what a fine-tune produces: torch, transformers and this loop (part of
+    the cache keys of the demo model and of every retrain)."""
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__}
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "loop": str(LOOP_VERSION)}
 
 
 # --- training helpers -------------------------------------------------------------------------------------
@@ -443,6 +446,19 @@ def _parameter_groups(model: Any, weight_decay: float) -> list[dict]:
             continue
         (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _adamw(groups: list[dict], lr: float) -> Any:
+    """AdamW with the fused update: one kernel over every tensor of a group. On 2 CPU cores a step over MiniLM's
+    22.7 million weights takes 25 ms against 121 ms with ``foreach`` (``python -m benchmarks.adamw_step``).
+    ``foreach`` where fused is not available for the parameters' device or dtype."""
+    import torch
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices  # the list torch checks at step()
+
+    devices = set(_get_fused_kernels_supported_devices())
+    # torch accepts unsupported parameters when the optimizer is built and raises only at the first step
+    fused = all(p.is_floating_point() and p.device.type in devices for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, **({"fused": True} if fused else {"foreach": True}))
 
 
 def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:

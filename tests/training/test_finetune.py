@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from influence_core.cli.finetune import add_parser
 from influence_core.errors import ConfigError, DataError
 from influence_core.sources.models import ModelSource, load_classifier
-from influence_core.training.finetune import FinetuneCancelled, finetune, predict_proba
+from influence_core.training.finetune import FinetuneCancelled, _adamw, finetune, library_versions, predict_proba
 from tests.data_fixtures import tiny_classifier_dir, tiny_corpus, tiny_encoder_dir  # noqa: F401
 
 SST2 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2"
@@ -80,6 +80,31 @@ def test_frozen_embeddings_stay_put_and_the_recipe_records_it(tiny_classifier_di
                               before[embedding].numpy())
     assert recipe_of(frozen.out_dir).hyperparameters["freeze_embeddings"] is True  # retrains repeat it
     assert recipe_of(trained.out_dir).hyperparameters["freeze_embeddings"] is False
+
+
+def test_the_update_is_fused_adamw_equal_to_the_per_group_loop_and_versions_name_the_loop():
+    import torch
+
+    torch.manual_seed(0)
+    start = [torch.randn(48, 96), torch.randn(96)]
+    steps = [[torch.randn_like(t) for t in start] for _ in range(10)]
+    final = {}
+    for name in ("fused", "foreach"):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        groups = [{"params": params[:1], "weight_decay": 0.01}, {"params": params[1:], "weight_decay": 0.0}]
+        optimizer = _adamw(groups, 1e-2) if name == "fused" else torch.optim.AdamW(groups, lr=1e-2, foreach=True)
+        assert bool(optimizer.defaults["fused"]) is (name == "fused")
+        for grads in steps:
+            for param, grad in zip(params, grads):
+                param.grad = grad.clone()
+            optimizer.step()
+        final[name] = [p.detach() for p in params]
+    moved = max(float((a - b).abs().max()) for a, b in zip(final["fused"], start))
+    assert moved > 0.05  # it trained
+    assert max(float((a - b).abs().max()) for a, b in zip(final["fused"], final["foreach"])) < 1e-6
+    meta = [torch.nn.Parameter(torch.zeros(3, device="meta"))]  # no fused kernel: foreach instead
+    assert not _adamw([{"params": meta}], 1e-2).defaults["fused"]
+    assert library_versions()["loop"] == "2"  # cached fine-tunes of the earlier loop are redone
 
 
 def test_cancel_stops_between_steps_and_leaves_nothing(tiny_classifier_dir, corpus, tmp_path):  # noqa: F811
