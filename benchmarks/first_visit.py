@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
               "command": f"python -m benchmarks.first_visit --runs {args.runs} --cache {args.cache}",
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     out = ROOT / "benchmarks" / "results" / f"first_visit-{args.cache}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)  # git-ignored: absent on a fresh clone
     out.write_text(json.dumps(result, indent=2))
     print(f"\n`{result['command']}` ({args.runs} fresh servers, medians; {out.name})\n")
     print("| cache | page drawn | predictions drawn | heatmap drawn (index estimate) | exact scores drawn |")
