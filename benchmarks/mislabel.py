@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,6 +54,7 @@ from influence_core.mislabel import (  # noqa: E402
     combine,
     dynamics_signals,
     evaluate_rankings,
+    label_losses,
     mislabel_scores,
     percentile_ranks,
     propose_trusted_slice,
@@ -228,6 +230,34 @@ def out_of_sample_probs(name: str, train: pd.DataFrame, folds: int, args: argpar
     return probs
 
 
+#: Inverse regularization of the frozen-encoder probe, chosen on the development seed among 0.1, 0.3, 1 and 3.
+PROBE_C = 0.3
+
+
+def probe_probs(texts: list[str], labels: np.ndarray, folds: int, seed: int, max_length: int) -> np.ndarray:
+    """Out-of-fold class probabilities [n, 2] of a logistic regression on the frozen base encoder's mean-pooled,
+    normalised sentence embeddings: a detector that never fits the flips the way a fine-tune memorises them."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from transformers import AutoModel, AutoTokenizer
+
+    from influence_core.sources.models import base_encoder_path
+
+    folder = base_encoder_path()
+    tokenizer, encoder = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(texts), 64):
+            batch = tokenizer(texts[start:start + 64], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt")
+            hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            parts.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+    features = torch.cat(parts).numpy()
+    return cross_val_predict(LogisticRegression(C=PROBE_C, max_iter=2000), features, labels,
+                             cv=StratifiedKFold(folds, shuffle=True, random_state=seed), method="predict_proba")
+
+
 def signals_for(model_dir: Path, train: pd.DataFrame, trusted: pd.DataFrame, args: argparse.Namespace,
                 timings: dict, oos: np.ndarray | None = None, dynamics: pd.DataFrame | None = None):
     """Fit EK-FAC factors on the training texts (true Fisher: the labels are not used) on the ``--layers`` groups
@@ -261,7 +291,7 @@ def signals_for(model_dir: Path, train: pd.DataFrame, trusted: pd.DataFrame, arg
 
 def ranking_frame(signals: TrainingSignals, layer_names: list[str], k: int, oos: np.ndarray | None,
                   seed: int, dynamics: pd.DataFrame | None = None, proposed: TrainingSignals | None = None,
-                  timings: dict | None = None) -> pd.DataFrame:
+                  timings: dict | None = None, extra: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Every ranking of the headline setting (the library's ``combined`` of what is available), a seeded random one,
     the in-sample-only combination (``combined_in_sample``) and, with ``proposed``, relative harm against the
     proposed trusted slice and ``combined`` with it instead of the given trusted slice (``combined_untrusted``)."""
@@ -269,6 +299,8 @@ def ranking_frame(signals: TrainingSignals, layer_names: list[str], k: int, oos:
     frame = mislabel_scores(signals, k=k, layers=layer_names, out_of_fold=oos, dynamics=dynamics)
     if timings is not None:
         timings["rankings_s"] = round(time.perf_counter() - start, 2)
+    for name, column in (extra or {}).items():
+        frame[name] = column
     frame["random"] = np.random.default_rng(seed + 104729).random(len(frame))
     frame["combined_in_sample"] = combine({p: frame[p].to_numpy() for p in FALLBACK_PARTS if p in frame})
     if proposed is not None:
@@ -288,9 +320,13 @@ NEW_COMBINATIONS = {
     "oof+cleanlab+aum": ("oof_loss", "cleanlab", "low_aum"),
     "oof+relative": ("oof_loss", "relative_harm"),
     "oof+aum+relative": ("oof_loss", "low_aum", "relative_harm"),
+    "probe+oof": ("probe_loss", "oof_loss"),
+    "probe+oof+aum": ("probe_loss", "oof_loss", "low_aum"),
+    "probe+oof+aum+relative": ("probe_loss", "oof_loss", "low_aum", "relative_harm"),
+    "combined+probe": ("probe_loss", "oof_loss", "cleanlab", "low_aum", "relative_harm"),
 }
 HEADLINE = ["self_influence", "trusted_influence", "relative_harm", "relative_harm_proposed", "loss", "margin",
-            "oof_loss", "oof_margin", "cleanlab", "low_aum", "low_confidence", "variability", "forgetting",
+            "oof_loss", "oof_margin", "cleanlab", "low_aum", "probe_loss", "low_confidence", "variability", "forgetting",
             "combined_in_sample", "combined", "combined_untrusted", *NEW_COMBINATIONS, "random"]
 
 
@@ -360,9 +396,14 @@ def run_sst2(seed: int, args: argparse.Namespace) -> dict:
     truth = train["flipped"].to_numpy()
     k = DAMPINGS.index(args.damping)
     start = time.perf_counter()
-    frame = ranking_frame(signals, layer_sets[args.layers], k, oos, seed, dynamics, proposed, timings)
+    probe = probe_probs(train["text"].tolist(), train["label"].to_numpy(), args.cross_fit or 4, seed, args.max_length)
+    timings["probe_s"] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    frame = ranking_frame(signals, layer_sets[args.layers], k, oos, seed, dynamics, proposed, timings,
+                          extra={"probe_loss": label_losses(probe, train["label"].to_numpy())})
+    frame.assign(flipped=truth).to_csv(Path(args.out).with_name(f"frame-sst2-s{seed}.csv"), index=False)
     timings["whole_ranking_s"] = round(sum(v for key, v in timings.items() if key.endswith("_s") and key not in
-                                           ("finetune_s",)) + time.perf_counter() - start, 1)
+                                           ("finetune_s", "probe_s")) + time.perf_counter() - start, 1)
     graded = evaluate_rankings(frame, truth, columns=[c for c in HEADLINE if c in frame.columns])
     print(graded.to_string(index=False, float_format="%.3f"), flush=True)
     return {"seed": seed, "n_train": len(train), "n_flipped": int(truth.sum()), "n_trusted": len(trusted),
@@ -471,15 +512,16 @@ def markdown(results: dict) -> dict[str, str]:
                                            "recall_at_20pct")]
             lines.append(f"| {row['ranking']} | " + " | ".join(cells) + " |")
         lines += ["", "| seed | dev accuracy | fine-tune s | cross-fit s | dynamics s | cleanlab s | fit factors s | "
-                  "signals s | proposed-trusted signals s | whole ranking s | cleanlab's estimate of wrong labels | "
-                  "flipped labels fitted |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "signals s | proposed-trusted signals s | whole ranking s | probe s | cleanlab's estimate of wrong "
+                  "labels | flipped labels fitted |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in runs:
             t = r["timings"]
             lines.append(f"| {r['seed']} | {r['dev_accuracy']:.3f} | {t.get('finetune_s', 0):.0f} | "
                          f"{t.get('cross_fit_s', t.get('out_of_sample_s', 0)):.0f} | {t.get('dynamics_s', 0):.2f} | "
                          f"{t.get('cleanlab_s', 0):.2f} | {t.get('fit_factors_s', 0):.0f} | "
                          f"{t.get('signals_s', 0):.0f} | {t.get('proposed_trusted_signals_s', 0):.0f} | "
-                         f"{t.get('whole_ranking_s', 0):.0f} | {t.get('cleanlab_estimated_wrong', '')} | "
+                         f"{t.get('whole_ranking_s', 0):.0f} | {t.get('probe_s', 0):.0f} | "
+                         f"{t.get('cleanlab_estimated_wrong', '')} | "
                          f"{r['flipped_fit']:.2f} |")
         sections["sst2"] = "\n".join(lines)
     if "airline_summary" in results:
