@@ -1,0 +1,52 @@
+"""Where the exact re-score's time goes: one query against 200 SST-2 training sentences (the index's 100 per side).
+
+    python -m benchmarks.rescore_profile --model ~/.cache/influence-explorer/models/demo-<key> --threads 2
+
+Fits EK-FAC factors (FFN + head) on 300 SST-2 training sentences, then times ``engine.score`` of one dev sentence
+against 200 other training sentences three times and prints the profiler's table of the last one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+
+def main(argv: list[str] | None = None) -> list[float]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.rescore_profile", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="a fine-tuned classifier folder (default: MiniLM + seeded head)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--candidates", type=int, default=200)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from torch.profiler import profile
+
+    from benchmarks.index import _model
+    from benchmarks.workload import read_sst2, sample_rows
+    from influence_core import EngineConfig, InfluenceEngine
+
+    model, tokenizer = _model(args.model)
+    engine = InfluenceEngine(model, tokenizer, EngineConfig(layers="ffn,head", max_length=64, batch_size=32))
+    train = sample_rows(read_sst2("train.tsv"), 300 + args.candidates, 0)
+    query = sample_rows(read_sst2("dev.tsv"), 1, 1)
+    engine.fit(train["sentence"].tolist()[:300], train["label"].to_numpy()[:300])
+    texts, labels = train["sentence"].tolist()[300:], train["label"].to_numpy()[300:]
+    tokens = engine.encode(texts, labels).lengths
+    print(f"{len(texts)} candidates, {tokens.mean():.1f} tokens each on average ({tokens.sum()} in all)")
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        engine.score(query["sentence"].tolist(), query["label"].to_numpy(), texts, labels, self_influence=False)
+        times.append(time.perf_counter() - start)
+    print("re-score seconds:", ", ".join(f"{t:.2f}" for t in times), f"(median {np.median(times):.2f})")
+    with profile() as prof:
+        engine.score(query["sentence"].tolist(), query["label"].to_numpy(), texts, labels, self_influence=False)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    return times
+
+
+if __name__ == "__main__":
+    main()
