@@ -3,7 +3,8 @@
     python -m benchmarks.rescore_profile --model ~/.cache/influence-explorer/models/demo-<key> --threads 2
 
 Fits EK-FAC factors (FFN + head) on 300 SST-2 training sentences, then times ``engine.score`` of one dev sentence
-against 200 other training sentences three times and prints the profiler's table of the last one.
+against 200 other training sentences three times, prints the profiler's table of a fourth, then the rate of plain
+fp32 products of the pass's shapes (10 repetitions each).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     parser.add_argument("--model", default=None, help="a fine-tuned classifier folder (default: MiniLM + seeded head)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--candidates", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=32, help="the engine's batch size")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from torch.profiler import profile
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     from influence_core import EngineConfig, InfluenceEngine
 
     model, tokenizer = _model(args.model)
-    engine = InfluenceEngine(model, tokenizer, EngineConfig(layers="ffn,head", max_length=64, batch_size=32))
+    engine = InfluenceEngine(model, tokenizer, EngineConfig(layers="ffn,head", max_length=64, batch_size=args.batch_size))
     train = sample_rows(read_sst2("train.tsv"), 300 + args.candidates, 0)
     query = sample_rows(read_sst2("dev.tsv"), 1, 1)
     engine.fit(train["sentence"].tolist()[:300], train["label"].to_numpy()[:300])
@@ -45,6 +47,15 @@ def main(argv: list[str] | None = None) -> list[float]:
     with profile() as prof:
         engine.score(query["sentence"].tolist(), query["label"].to_numpy(), texts, labels, self_influence=False)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    for rows, inner, cols in ((int(tokens.sum()), 384, 1536), (int(tokens.sum()), 1536, 384), (2048, 2048, 2048)):
+        left, right = torch.randn(rows, inner), torch.randn(inner, cols)
+        for _ in range(3):
+            left @ right
+        start = time.perf_counter()
+        for _ in range(10):
+            left @ right
+        rate = 2 * rows * inner * cols * 10 / (time.perf_counter() - start) / 1e9
+        print(f"fp32 product [{rows}, {inner}] x [{inner}, {cols}]: {rate:.0f} GFLOP/s")
     return times
 
 
