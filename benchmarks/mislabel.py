@@ -401,11 +401,11 @@ def run_sst2(seed: int, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     frame = ranking_frame(signals, layer_sets[args.layers], k, oos, seed, dynamics, proposed, timings,
                           extra={"probe_loss": label_losses(probe, train["label"].to_numpy())})
+    timings["whole_ranking_s"] = round(sum(v for key, v in timings.items() if key.endswith("_s") and key not in
+                                           ("finetune_s", "probe_s")) + time.perf_counter() - start, 1)
     rows_file = Path(args.out).with_name(f"frame-sst2-s{seed}.csv")
     rows_file.parent.mkdir(parents=True, exist_ok=True)
     frame.assign(flipped=truth).to_csv(rows_file, index=False)
-    timings["whole_ranking_s"] = round(sum(v for key, v in timings.items() if key.endswith("_s") and key not in
-                                           ("finetune_s", "probe_s")) + time.perf_counter() - start, 1)
     graded = evaluate_rankings(frame, truth, columns=[c for c in HEADLINE if c in frame.columns])
     print(graded.to_string(index=False, float_format="%.3f"), flush=True)
     return {"seed": seed, "n_train": len(train), "n_flipped": int(truth.sum()), "n_trusted": len(trusted),

@@ -12,7 +12,6 @@ probabilities and grades the out-of-fold loss and ``combined`` with either. Deve
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import time
 
@@ -22,8 +21,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.mislabel import sst2_sample  # noqa: E402
-from influence_core.cache import cache_dir  # noqa: E402
+from benchmarks.mislabel import finetuned, parse_args, sst2_sample  # noqa: E402
 from influence_core.mislabel import COMBINED_PARTS, combine, evaluate_rankings, label_losses  # noqa: E402
 from influence_core.training.crossfit import cross_fit  # noqa: E402
 
@@ -35,9 +33,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model_dir = glob.glob(str(cache_dir("bench-mislabel", "") / f"sst2-s{args.seed}-*"))[0]
-    data = sst2_sample(args.seed, 2000, 0.1)
+    harness = parse_args([])  # the recipe and sample of the harness's defaults, so its cached model is found
+    data = sst2_sample(args.seed, harness.n_train, harness.flip_rate)
     texts, labels, truth = data["text"].tolist(), data["label"].to_numpy(), data["flipped"].to_numpy()
+    model_dir = finetuned(f"sst2-s{args.seed}", texts, labels, harness, args.seed)
     frame = pd.read_csv(args.frame)
     first = cross_fit(model_dir, texts, labels, k=4, seed=args.seed).probs  # cached by the harness
     if not np.allclose(label_losses(first, labels), frame["oof_loss"].to_numpy(), atol=1e-5):
