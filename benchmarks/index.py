@@ -39,6 +39,21 @@ def _model(path: str | None):
     return model, AutoTokenizer.from_pretrained(folder)
 
 
+def sst2_workload(model: str | None, n_train: int, n_queries: int, layers: str = "ffn,head", max_length: int = 64,
+                  batch_size: int = 32):
+    """The benchmark's engine on ``model`` and its seeded samples: ``n_train`` SST-2 training sentences (seed 0)
+    and ``n_queries`` dev sentences (seed 1), as ``(engine, texts, labels, q_texts, q_labels)``."""
+    from influence_core import EngineConfig, InfluenceEngine
+
+    train = sample_rows(read_sst2("train.tsv"), n_train, 0)
+    dev = sample_rows(read_sst2("dev.tsv"), n_queries, 1)
+    model_, tokenizer = _model(model)
+    engine = InfluenceEngine(model_, tokenizer, EngineConfig(layers=layers, max_length=max_length,
+                                                             batch_size=batch_size))
+    return (engine, train["sentence"].tolist(), train["label"].to_numpy(), dev["sentence"].tolist(),
+            dev["label"].to_numpy())
+
+
 def _floor_seconds(engine, encoded) -> float:
     from influence_core.engine.batches import batches
 
@@ -134,16 +149,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from influence_core import EngineConfig, InfluenceEngine
     from influence_core.engine.index import GradientIndex, IndexConfig, fit_and_index
 
-    train = sample_rows(read_sst2("train.tsv"), args.n_train, 0)
-    dev = sample_rows(read_sst2("dev.tsv"), args.n_queries, 1)
-    texts, labels = train["sentence"].tolist(), train["label"].to_numpy()
-    q_texts, q_labels = dev["sentence"].tolist(), dev["label"].to_numpy()
-    model, tokenizer = _model(args.model)
-    engine = InfluenceEngine(model, tokenizer, EngineConfig(layers=args.layers, max_length=args.max_length,
-                                                            batch_size=args.batch_size))
+    engine, texts, labels, q_texts, q_labels = sst2_workload(args.model, args.n_train, args.n_queries, args.layers,
+                                                             args.max_length, args.batch_size)
     sizes = [int(s) for s in args.projections.split(",")]
     extra = {key: value for key, value in (("whiten_exponent", args.whiten_exponent),
                                            ("allocation", args.allocation), ("basis", args.basis))

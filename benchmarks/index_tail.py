@@ -27,8 +27,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.index import _model
-from benchmarks.workload import read_sst2, sample_rows
+from benchmarks.index import sst2_workload
 
 SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 
@@ -56,15 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from influence_core import EngineConfig, InfluenceEngine
     from influence_core.engine.index import IndexConfig, fit_and_index
 
-    train = sample_rows(read_sst2("train.tsv"), args.n_train, 0)
-    dev = sample_rows(read_sst2("dev.tsv"), args.n_queries, 1)
-    texts, labels = train["sentence"].tolist(), train["label"].to_numpy()
-    q_texts, q_labels = dev["sentence"].tolist(), dev["label"].to_numpy()
-    model, tokenizer = _model(args.model)
-    engine = InfluenceEngine(model, tokenizer, EngineConfig(layers="ffn,head", max_length=64, batch_size=32))
+    engine, texts, labels, q_texts, q_labels = sst2_workload(args.model, args.n_train, args.n_queries)
     start = time.perf_counter()
     _, index = fit_and_index(engine, texts, labels, config=IndexConfig(exact=False, dtype="int8",
                                                                        entries=args.entries, basis="eigen"))

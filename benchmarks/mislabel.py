@@ -210,6 +210,35 @@ def finetuned(name: str, texts: list[str], labels: np.ndarray, args: argparse.Na
     return folder
 
 
+def development_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The arguments every follow-up study of the development seed takes (``--frame``, ``--seed``, ``--threads``)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc.splitlines()[0])
+    parser.add_argument("--frame", default="/tmp/frame-sst2-s100.csv", help="per-row signals of benchmarks.mislabel")
+    parser.add_argument("--seed", type=int, default=100, help="the sample seed the frame was made with")
+    parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def development_run(args: argparse.Namespace) -> tuple[list[str], np.ndarray, np.ndarray, Path, pd.DataFrame, object]:
+    """What a follow-up study of the development seed starts from (``args`` of :func:`development_parser`), after
+    ``python -m benchmarks.mislabel --task sst2 --dev`` has cached its model and cross-fit and written the per-row
+    signals to ``args.frame``: ``(texts, labels, truth, model_dir, frame, cross_fit)``, with ``truth`` the flips.
+    Sets the torch threads; refuses a frame that does not match the cached cross-fit."""
+    from influence_core.training.crossfit import cross_fit
+
+    torch.set_num_threads(args.threads)
+    seed = args.seed
+    harness = parse_args([])  # the recipe and sample of the harness's defaults, so its cached model is found
+    data = sst2_sample(seed, harness.n_train, harness.flip_rate)
+    texts, labels = data["text"].tolist(), data["label"].to_numpy()
+    model_dir = finetuned(f"sst2-s{seed}", texts, labels, harness, seed)
+    frame = pd.read_csv(args.frame)
+    first = cross_fit(model_dir, texts, labels, k=4, seed=seed)  # cached by the harness
+    if not np.allclose(label_losses(first.probs, labels), frame["oof_loss"].to_numpy(), atol=1e-5):
+        raise SystemExit("the cached cross-fit does not give the frame's oof_loss; run benchmarks.mislabel first")
+    return texts, labels, data["flipped"].to_numpy(), model_dir, frame, first
+
+
 def predict(model_dir: Path, texts: list[str], max_length: int) -> np.ndarray:
     from influence_core.sources.models import ModelSource, load_classifier
     from influence_core.training.finetune import predict_proba

@@ -13,17 +13,15 @@ confident learning's scores from the new probabilities in place of the old. Deve
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import numpy as np
 import pandas as pd
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.mislabel import finetuned, parse_args, sst2_sample  # noqa: E402
+from benchmarks.mislabel import development_parser, development_run  # noqa: E402
 from influence_core.mislabel import (  # noqa: E402
     COMBINED_PARTS,
     combine,
@@ -35,24 +33,13 @@ from influence_core.training.crossfit import cross_fit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.mislabel_crossfit_recipe",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--frame", default="/tmp/frame-sst2-s100.csv", help="per-row signals of benchmarks.mislabel")
-    parser.add_argument("--seed", type=int, default=100, help="the sample seed the frame was made with")
+    parser = development_parser("benchmarks.mislabel_crossfit_recipe", __doc__)
     parser.add_argument("--recipes", default="3:1e-4,4:5e-5,2:5e-5", help="epochs:lr of each cross-fit")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    harness = parse_args([])  # the recipe and sample of the harness's defaults, so its cached model is found
-    data = sst2_sample(args.seed, harness.n_train, harness.flip_rate)
-    texts, labels, truth = data["text"].tolist(), data["label"].to_numpy(), data["flipped"].to_numpy()
+    texts, labels, truth, model_dir, frame, first = development_run(args)
     true_labels = np.where(truth == 1, 1 - labels, labels)
-    model_dir = finetuned(f"sst2-s{args.seed}", texts, labels, harness, args.seed)
-    frame = pd.read_csv(args.frame)
-    first = cross_fit(model_dir, texts, labels, k=4, seed=args.seed)  # cached by the harness
-    if not np.allclose(label_losses(first.probs, labels), frame["oof_loss"].to_numpy(), atol=1e-5):
-        raise SystemExit("the cached cross-fit does not give the frame's oof_loss; run benchmarks.mislabel first")
-    runs = {f"{harness.epochs}:{harness.lr:g} (the model's)": first.probs}
+    own = first.recipe.hyperparameters
+    runs = {f"{own['epochs']}:{own['lr']:g} (the model's)": first.probs}
     for item in args.recipes.split(","):
         epochs, lr = item.split(":")
         start = time.perf_counter()

@@ -11,36 +11,23 @@ probabilities and grades the out-of-fold loss and ``combined`` with either. Deve
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
-import numpy as np
 import pandas as pd
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.mislabel import finetuned, parse_args, sst2_sample  # noqa: E402
+from benchmarks.mislabel import development_parser, development_run  # noqa: E402
 from influence_core.mislabel import COMBINED_PARTS, combine, evaluate_rankings, label_losses  # noqa: E402
 from influence_core.training.crossfit import cross_fit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.mislabel_repeats", description=__doc__.splitlines()[0])
-    parser.add_argument("--frame", default="/tmp/frame-sst2-s100.csv", help="per-row signals of benchmarks.mislabel")
-    parser.add_argument("--seed", type=int, default=100, help="the sample seed the frame was made with")
-    parser.add_argument("--threads", type=int, default=2)
+    parser = development_parser("benchmarks.mislabel_repeats", __doc__)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    harness = parse_args([])  # the recipe and sample of the harness's defaults, so its cached model is found
-    data = sst2_sample(args.seed, harness.n_train, harness.flip_rate)
-    texts, labels, truth = data["text"].tolist(), data["label"].to_numpy(), data["flipped"].to_numpy()
-    model_dir = finetuned(f"sst2-s{args.seed}", texts, labels, harness, args.seed)
-    frame = pd.read_csv(args.frame)
-    first = cross_fit(model_dir, texts, labels, k=4, seed=args.seed).probs  # cached by the harness
-    if not np.allclose(label_losses(first, labels), frame["oof_loss"].to_numpy(), atol=1e-5):
-        raise SystemExit("the cached cross-fit does not give the frame's oof_loss; run benchmarks.mislabel first")
+    texts, labels, truth, model_dir, frame, first_fit = development_run(args)
+    first = first_fit.probs
     start = time.perf_counter()
     second = cross_fit(model_dir, texts, labels, k=4, seed=args.seed + 1).probs
     print(f"second cross-fit: {time.perf_counter() - start:.0f} s")

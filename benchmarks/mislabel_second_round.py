@@ -15,17 +15,15 @@ of the old. Development seed only.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import numpy as np
 import pandas as pd
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.mislabel import finetuned, parse_args, sst2_sample  # noqa: E402
+from benchmarks.mislabel import development_parser, development_run  # noqa: E402
 from influence_core.mislabel import (  # noqa: E402
     COMBINED_PARTS,
     combine,
@@ -33,26 +31,14 @@ from influence_core.mislabel import (  # noqa: E402
     evaluate_rankings,
     label_losses,
 )
-from influence_core.training.crossfit import cross_fit, stratified_folds  # noqa: E402
+from influence_core.training.crossfit import stratified_folds  # noqa: E402
 from influence_core.training.retrain import predict_probabilities, recipe_of, train_cached  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.mislabel_second_round",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--frame", default="/tmp/frame-sst2-s100.csv", help="per-row signals of benchmarks.mislabel")
-    parser.add_argument("--seed", type=int, default=100, help="the sample seed the frame was made with")
-    parser.add_argument("--threads", type=int, default=2)
+    parser = development_parser("benchmarks.mislabel_second_round", __doc__)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    harness = parse_args([])  # the recipe and sample of the harness's defaults, so its cached model is found
-    data = sst2_sample(args.seed, harness.n_train, harness.flip_rate)
-    texts, labels, truth = data["text"].tolist(), data["label"].to_numpy(), data["flipped"].to_numpy()
-    model_dir = finetuned(f"sst2-s{args.seed}", texts, labels, harness, args.seed)
-    frame = pd.read_csv(args.frame)
-    first = cross_fit(model_dir, texts, labels, k=4, seed=args.seed)  # cached by the harness
-    if not np.allclose(label_losses(first.probs, labels), frame["oof_loss"].to_numpy(), atol=1e-5):
-        raise SystemExit("the cached cross-fit does not give the frame's oof_loss; run benchmarks.mislabel first")
+    texts, labels, truth, model_dir, frame, first = development_run(args)
     _, estimate = confident_learning(labels, first.probs)
     suspects = np.argsort(-frame["combined"].to_numpy(), kind="stable")[:estimate]
     dropped = np.zeros(len(texts), dtype=bool)
