@@ -39,17 +39,16 @@ def _model(path: str | None):
     return model, AutoTokenizer.from_pretrained(folder)
 
 
-def sst2_workload(model: str | None, n_train: int, n_queries: int, layers: str = "ffn,head", max_length: int = 64,
-                  batch_size: int = 32):
-    """The benchmark's engine on ``model`` and its seeded samples: ``n_train`` SST-2 training sentences (seed 0)
+def sst2_workload(model_path: str | None, n_train: int, n_queries: int, layers: str = "ffn,head",
+                  max_length: int = 64, batch_size: int = 32):
+    """The benchmark's engine on the classifier in ``model_path`` (see :func:`_model`) and its seeded samples: ``n_train`` SST-2 training sentences (seed 0)
     and ``n_queries`` dev sentences (seed 1), as ``(engine, texts, labels, q_texts, q_labels)``."""
     from influence_core import EngineConfig, InfluenceEngine
 
     train = sample_rows(read_sst2("train.tsv"), n_train, 0)
     dev = sample_rows(read_sst2("dev.tsv"), n_queries, 1)
-    model_, tokenizer = _model(model)
-    engine = InfluenceEngine(model_, tokenizer, EngineConfig(layers=layers, max_length=max_length,
-                                                             batch_size=batch_size))
+    model, tokenizer = _model(model_path)
+    engine = InfluenceEngine(model, tokenizer, EngineConfig(layers=layers, max_length=max_length, batch_size=batch_size))
     return (engine, train["sentence"].tolist(), train["label"].to_numpy(), dev["sentence"].tolist(),
             dev["label"].to_numpy())
 

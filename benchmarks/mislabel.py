@@ -226,6 +226,9 @@ def development_run(args: argparse.Namespace) -> tuple[list[str], np.ndarray, np
     Sets the torch threads; refuses a frame that does not match the cached cross-fit."""
     from influence_core.training.crossfit import cross_fit
 
+    if not Path(args.frame).is_file():
+        raise SystemExit(f"no {args.frame}: run python -m benchmarks.mislabel --task sst2 --dev --cross-fit 4 "
+                         "--proposed-trusted --out /tmp/mdev.json first (it writes the frame next to --out)")
     torch.set_num_threads(args.threads)
     seed = args.seed
     harness = parse_args([])  # the recipe and sample of the harness's defaults, so its cached model is found
