@@ -139,6 +139,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="folds of the library's cross-fit (out-of-fold loss, cleanlab, the folds' dynamics); 0 = off")
     parser.add_argument("--proposed-trusted", action="store_true",
                         help="also rank by relative harm against the proposed trusted slice (one more signals pass)")
+    parser.add_argument("--probe", action="store_true",
+                        help="also grade the frozen-encoder probe (probe_loss; tried and dropped, MISLABEL_DEV.md)")
     parser.add_argument("--batch-size", type=int, default=32, help="engine batch size")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 by default: on a shared CPU, multi-threaded LAPACK is far slower)")
@@ -427,12 +429,15 @@ def run_sst2(seed: int, args: argparse.Namespace) -> dict:
     dev_probs = predict(model_dir, trusted["text"].tolist(), args.max_length)
     truth = train["flipped"].to_numpy()
     k = DAMPINGS.index(args.damping)
+    extra = {}
+    if args.probe:
+        start = time.perf_counter()
+        probe = probe_probs(train["text"].tolist(), train["label"].to_numpy(), args.cross_fit or 4, seed,
+                            args.max_length)
+        timings["probe_s"] = round(time.perf_counter() - start, 1)
+        extra["probe_loss"] = label_losses(probe, train["label"].to_numpy())
     start = time.perf_counter()
-    probe = probe_probs(train["text"].tolist(), train["label"].to_numpy(), args.cross_fit or 4, seed, args.max_length)
-    timings["probe_s"] = round(time.perf_counter() - start, 1)
-    start = time.perf_counter()
-    frame = ranking_frame(signals, layer_sets[args.layers], k, oos, seed, dynamics, proposed, timings,
-                          extra={"probe_loss": label_losses(probe, train["label"].to_numpy())})
+    frame = ranking_frame(signals, layer_sets[args.layers], k, oos, seed, dynamics, proposed, timings, extra=extra)
     timings["whole_ranking_s"] = round(sum(v for key, v in timings.items() if key.endswith("_s") and key not in
                                            ("finetune_s", "probe_s")) + time.perf_counter() - start, 1)
     rows_file = Path(args.out).with_name(f"frame-sst2-s{seed}.csv")
@@ -554,7 +559,7 @@ def markdown(results: dict) -> dict[str, str]:
                          f"{t.get('cross_fit_s', t.get('out_of_sample_s', 0)):.0f} | {t.get('dynamics_s', 0):.2f} | "
                          f"{t.get('cleanlab_s', 0):.2f} | {t.get('fit_factors_s', 0):.0f} | "
                          f"{t.get('signals_s', 0):.0f} | {t.get('proposed_trusted_signals_s', 0):.0f} | "
-                         f"{t.get('whole_ranking_s', 0):.0f} | {t.get('probe_s', 0):.0f} | "
+                         f"{t.get('whole_ranking_s', 0):.0f} | {format(t['probe_s'], '.0f') if 'probe_s' in t else ''} | "
                          f"{t.get('cleanlab_estimated_wrong', '')} | "
                          f"{r['flipped_fit']:.2f} |")
         sections["sst2"] = "\n".join(lines)

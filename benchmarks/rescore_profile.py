@@ -26,26 +26,22 @@ def main(argv: list[str] | None = None) -> list[float]:
     torch.set_num_threads(args.threads)
     from torch.profiler import profile
 
-    from benchmarks.index import _model
-    from benchmarks.workload import read_sst2, sample_rows
-    from influence_core import EngineConfig, InfluenceEngine
+    from benchmarks.index import sst2_workload
 
-    model, tokenizer = _model(args.model)
-    engine = InfluenceEngine(model, tokenizer, EngineConfig(layers="ffn,head", max_length=64, batch_size=args.batch_size))
-    train = sample_rows(read_sst2("train.tsv"), 300 + args.candidates, 0)
-    query = sample_rows(read_sst2("dev.tsv"), 1, 1)
-    engine.fit(train["sentence"].tolist()[:300], train["label"].to_numpy()[:300])
-    texts, labels = train["sentence"].tolist()[300:], train["label"].to_numpy()[300:]
+    engine, train_texts, train_labels, query_texts, query_labels = sst2_workload(
+        args.model, 300 + args.candidates, 1, batch_size=args.batch_size)
+    engine.fit(train_texts[:300], train_labels[:300])
+    texts, labels = train_texts[300:], train_labels[300:]
     tokens = engine.encode(texts, labels).lengths
     print(f"{len(texts)} candidates, {tokens.mean():.1f} tokens each on average ({tokens.sum()} in all)")
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        engine.score(query["sentence"].tolist(), query["label"].to_numpy(), texts, labels, self_influence=False)
+        engine.score(query_texts, query_labels, texts, labels, self_influence=False)
         times.append(time.perf_counter() - start)
     print("re-score seconds:", ", ".join(f"{t:.2f}" for t in times), f"(median {np.median(times):.2f})")
     with profile() as prof:
-        engine.score(query["sentence"].tolist(), query["label"].to_numpy(), texts, labels, self_influence=False)
+        engine.score(query_texts, query_labels, texts, labels, self_influence=False)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     for rows, inner, cols in ((int(tokens.sum()), 384, 1536), (int(tokens.sum()), 1536, 384), (2048, 2048, 2048)):
         left, right = torch.randn(rows, inner), torch.randn(inner, cols)
