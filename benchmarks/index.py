@@ -133,8 +133,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--exact-from", default=None,
                         help="the exact engine scores of an earlier --save folder with the same model, data, "
                              "queries and factors (exact.npy), instead of computing them again")
-    parser.add_argument("--rank-one", action=argparse.BooleanOptionalAction, default=True,
-                        help="store the rank-one layers exactly (IndexConfig.rank_one); --no-rank-one: as before")
     parser.add_argument("--coarse-sigmas", type=float, default=None,
                         help="how far the coarse pass widens each row's sketch estimate, in deviations of its "
                              "error (default: the library's COARSE_SIGMAS; 0 ranks by the plain estimate)")
@@ -158,7 +156,6 @@ def main(argv: list[str] | None = None) -> dict:
     extra = {key: value for key, value in (("whiten_exponent", args.whiten_exponent),
                                            ("allocation", args.allocation), ("basis", args.basis))
              if value is not None}
-    extra["rank_one"] = args.rank_one
     result: dict = {"args": vars(args), "layers": engine.layers, "n_train": args.n_train,
                     "threads": torch.get_num_threads(), "projections": {}}
     encoded = engine.encode(texts, labels)
@@ -248,10 +245,10 @@ def _eigen_curve(args, engine, encoded, texts, labels, q_texts, q_labels, result
     if folder:
         index.save(folder / "index")
     start = time.perf_counter()
-    table = engine.score(q_texts, q_labels, encoded, None, self_influence=False)
+    exact = engine.score(q_texts, q_labels, encoded, None, self_influence=False).total(0)
     result["engine_score_seconds"] = time.perf_counter() - start
     print(f"exact engine scores {result['engine_score_seconds']:.1f} s", flush=True)
-    return _measure(args, index, table.total(0), q_texts, q_labels, sizes, result, folder, _rank_one_part(index, table))
+    return _measure(args, index, exact, q_texts, q_labels, sizes, result, folder)
 
 
 def _eigen_curve_on_factors(args, engine, texts, labels, q_texts, q_labels, result: dict, extra: dict,
@@ -274,66 +271,36 @@ def _eigen_curve_on_factors(args, engine, texts, labels, q_texts, q_labels, resu
         exact = np.load(Path(args.exact_from) / "exact.npy")
         if exact.shape != (len(q_texts), len(texts)):
             raise SystemExit(f"{args.exact_from}/exact.npy is {exact.shape}, not ({len(q_texts)}, {len(texts)})")
-        part = Path(args.exact_from) / RANK_ONE_EXACT
-        rank_one_exact = np.load(part) if part.is_file() and index.meta.get("rank_one") else None
     else:
         start = time.perf_counter()
-        table = engine.score(q_texts, q_labels, texts, labels, self_influence=False)
+        exact = engine.score(q_texts, q_labels, texts, labels, self_influence=False).total(0)
         result["engine_score_seconds"] = time.perf_counter() - start
-        exact, rank_one_exact = table.total(0), _rank_one_part(index, table)
     folder = Path(args.save) if args.save else None
     if folder:
         index.save(folder / "index")
-    return _measure(args, index, exact, q_texts, q_labels, sizes, result, folder, rank_one_exact)
+    return _measure(args, index, exact, q_texts, q_labels, sizes, result, folder)
 
 
-RANK_ONE_EXACT = "exact-rank-one.npy"  # the engine's scores summed over the index's rank-one layers
-
-
-def _rank_one_part(index, table) -> np.ndarray | None:
-    """The engine's exact scores summed over the layers the index stores as rank one, [Q, n], or None."""
-    names = index.meta.get("rank_one", [])
-    return sum(table.by_layer(0)[name] for name in names) if names else None
-
-
-def _measure(args, index, exact: np.ndarray, q_texts, q_labels, sizes: list[int], result: dict, folder,
-             rank_one_exact: np.ndarray | None = None) -> dict:
+def _measure(args, index, exact: np.ndarray, q_texts, q_labels, sizes: list[int], result: dict, folder) -> dict:
     """Save the exact scores next to the index (``folder``, when saving), then measure the agreement curve and the
     query path and write the result."""
     if folder:
         np.save(folder / "exact.npy", exact)
-        if rank_one_exact is not None:
-            np.save(folder / RANK_ONE_EXACT, rank_one_exact)
         (folder / "result.json").write_text(json.dumps(result, indent=2, default=jsonable) + "\n")
-    result["rank_one_layers"] = index.meta.get("rank_one", [])
-    result["curve"] = _curve(index, q_texts, q_labels, exact, sizes, args.top, args.candidates, rank_one_exact)
+    result["curve"] = _curve(index, q_texts, q_labels, exact, sizes, args.top, args.candidates)
     result["latency"] = _latency(index, q_texts, q_labels, exact, args.top, args.candidates)
     result["peak_rss_bytes"] = peak_rss_bytes()
     _write(result)
     return result
 
 
-def _curve(index, q_texts, q_labels, exact: np.ndarray, sizes: list[int], top: int, candidates: int,
-           rank_one_exact: np.ndarray | None = None) -> dict:
-    """Agreement with the engine for the first ``e`` columns of the index, for each size ``e``; with
-    ``rank_one_exact`` (the engine's scores of the index's rank-one layers), also for the first ``e`` columns of the
-    other layers plus that exact part, as the shortlist of a query computes it from the stored vectors."""
+def _curve(index, q_texts, q_labels, exact: np.ndarray, sizes: list[int], top: int, candidates: int) -> dict:
+    """Agreement with the engine for the first ``e`` columns of the index, for each size ``e``."""
     projected = index.query_rows(q_texts, q_labels)[0]
     curve = {}
-    names = index.meta.get("rank_one", [])
-    if rank_one_exact is not None and names:
-        columns = index.projector().layer_columns()
-        others = np.sort(np.concatenate([c for name, c in columns.items() if name not in names]))
-        vector_bytes = sum(v.shape[1] * v.dtype.itemsize for pair in index.vectors.values() for v in pair)
     for e in sizes:
         estimates = index.lookup(projected, entries=e)
         curve[e] = {"bytes_per_example": e * index.rows.dtype.itemsize, **_agreement(estimates, exact, top, candidates)}
-        if rank_one_exact is not None and names:
-            kept = others[:e]
-            estimates = index._grouped_lookup(projected, [kept])[0] + rank_one_exact
-            curve[e]["rank_one"] = {"entries_of_other_layers": len(kept),
-                                    "bytes_per_example": len(kept) * index.rows.dtype.itemsize + vector_bytes,
-                                    **_agreement(estimates, exact, top, candidates)}
         print(f"entries={e}: {json.dumps(curve[e])}", flush=True)
     return curve
 
@@ -344,14 +311,14 @@ def _latency(index, q_texts, q_labels, exact: np.ndarray, top: int, candidates: 
     direction, adaptive or all of them), and whether the re-ranked top equals the engine's."""
     from influence_core.engine import index as index_module
 
-    projected, rank_one = index.lookup_queries(q_texts, q_labels)
+    projected = index.query_rows(q_texts, q_labels)[0]
     start = time.perf_counter()
     index.coarse_sketch()  # computed once per index (and kept next to its rows), before the timed lookups
     sketch_seconds = time.perf_counter() - start
     lookups, covered = [], {1: [], -1: []}
     for q in range(len(q_texts)):
         start = time.perf_counter()
-        shortlist = index.shortlist(projected[q:q + 1], candidates, None if rank_one is None else rank_one.select(q))[0]
+        shortlist = index.shortlist(projected[q:q + 1], candidates)[0]
         lookups.append(time.perf_counter() - start)
         for sign in (1, -1):
             covered[sign].append(set(np.argsort(-sign * exact[q])[:top]) <= set(shortlist))
@@ -410,16 +377,13 @@ def reuse(folder: str, args) -> dict:
     index = GradientIndex.load(Path(folder) / "index", engine, train["sentence"].tolist(), train["label"].to_numpy())
     index.rows = np.array(index.rows)  # into memory, as the app holds it
     exact = np.load(Path(folder) / "exact.npy")
-    part = Path(folder) / RANK_ONE_EXACT
-    rank_one_exact = np.load(part) if part.is_file() and index.meta.get("rank_one") else None
     q_texts, q_labels = dev["sentence"].tolist(), dev["label"].to_numpy()
     previous = json.loads((Path(folder) / "result.json").read_text()) if (Path(folder) / "result.json").is_file() \
         else {}
     result = {**previous, "args_reuse": vars(args), "threads": torch.get_num_threads(), "layers": engine.layers,
               "n_train": args.n_train}
     sizes = sorted(int(e) for e in args.entries.split(","))
-    result["rank_one_layers"] = index.meta.get("rank_one", [])
-    result["curve"] = _curve(index, q_texts, q_labels, exact, sizes, args.top, args.candidates, rank_one_exact)
+    result["curve"] = _curve(index, q_texts, q_labels, exact, sizes, args.top, args.candidates)
     result["latency"] = _latency(index, q_texts, q_labels, exact, args.top, args.candidates)
     if args.held_out:
         result["held_out"] = _held_out(index, engine, dev, train, Path(folder), args, sizes)
@@ -483,16 +447,12 @@ def _write_curve(stem, result: dict) -> None:
     lines = [f"# Eigen gradient index: {result['n_train']} SST-2 training sentences, {len(result['layers'])} layers",
              "", ", ".join(timing) + f"; peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB; "
              f"{result['threads']} threads", "",
-             "| entries | bytes/example | median Pearson (min) | exact top-10 in top-100 (both / helpful / harmful) "
-             "| with the rank-one layers exact: bytes/example, median Pearson, top-10 in top-100 (helpful / harmful) |",
-             "|---|---|---|---|---|"]
+             "| entries | bytes/example | median Pearson (min) | exact top-10 in top-100 (both / helpful / harmful) |",
+             "|---|---|---|---|"]
     for e, c in result["curve"].items():
-        r = c.get("rank_one")
-        exact_part = "" if r is None else (f"{r['bytes_per_example']}, {r['median_pearson']:.3f}, "
-                                           f"{r['helpful_in_candidates']:.2f} / {r['harmful_in_candidates']:.2f}")
         lines.append(f"| {e} | {c['bytes_per_example']} | {c['median_pearson']:.3f} ({c['min_pearson']:.3f}) | "
                      f"{c['top_in_candidates']:.2f} / {c['helpful_in_candidates']:.2f} / "
-                     f"{c['harmful_in_candidates']:.2f} | {exact_part} |")
+                     f"{c['harmful_in_candidates']:.2f} |")
     lines += ["", f"Query path at the full width, one query at a time: the coarse sketch computed once in "
               f"{lat.get('coarse_sketch_seconds', float('nan')):.1f} s; lookup {1000 * lat['lookup_seconds_median']:.0f} "
               f"ms (median; coarse pass, its estimates widened by {lat.get('coarse_sigmas', 0):g} deviations of their error, "

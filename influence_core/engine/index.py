@@ -14,13 +14,6 @@ eigenvalues (see :class:`_EigenSelector`). Entries are stored heaviest first, so
 index of ``e`` entries. A query on a large index scans a count sketch of every row (:class:`_CountSketch`,
 16 kB), then the whole width of a shortlist.
 
-Rank-one layers, stored exactly (eigen basis): a layer whose output gradient is non-zero at one token per example
-(on a BERT-style classifier the last block's feed-forward layers, the pooler and the classifier: only the first
-token's last hidden state reaches the loss) has the per-example gradient ``g a^T`` exactly. The index keeps the two
-rotated vectors ``U_G^T g`` and ``U_A^T a`` of every example for such layers (``rank_one``, float32), and a query's
-shortlist replaces those layers' part of the estimate, read from the stored entries, by their exact part
-``sum((A M^T) * G)`` with the query's rotated, preconditioned [out, in] matrix ``M`` (:class:`_RankOne`).
-
 ``random``: the whitened Kronecker projection ``R_m = P_out D_out U_G^T DW_m U_A D_in P_in^T = sum_t (M_out g_t)
 (M_in a_t)^T`` [k_out, k_in] with ``M_out = P_out D_out U_G^T`` and ``M_in = P_in D_in U_A^T``, ``D =
 diag((lambda + eps mean(lambda))^(-whiten_exponent))`` from the K-FAC eigenvalues of ``G`` and ``A``, and ``P``
@@ -75,9 +68,7 @@ CHUNK_BYTES = 256 * 1024**2  # stored rows read per product
 GATHER_BYTES = 64 * 1024**2  # scattered rows copied per product, into one buffer reused for every chunk
 COARSE_BYTES = 16384  # bytes per row of the coarse first pass of an eigen index (a count sketch of each row)
 SHORTLIST_FACTOR = 20  # rows the coarse pass keeps, per candidate asked for
-RANK_ONE_FACTOR = 4  # shortlisted rows per candidate and side whose rank-one layers are computed exactly
 COARSE_SIGMAS = 1.5  # the coarse pass ranks each row by its estimate widened by this many of its error's deviations
-RANK_ONE_FILE = "rank-one-{number}-{side}.npy"  # the rotated vectors of the rank-one layers, side "g" or "a"
 COARSE_FILE = "coarse-{buckets}-{seed}.npz"  # the coarse pass's sketch, kept next to the rows after its first use
 FIRST_ROUND = 20  # candidates per side the adaptive re-score starts with
 MARGIN_SIGMAS = 4.0  # how far (in measured standard deviations) a skipped candidate's estimate must stay off the top
@@ -106,8 +97,6 @@ class IndexConfig:
             eigenbasis (0 = plain Gaussian projection); any value keeps the estimate unbiased, 0.5 whitens.
         whiten_eps: ``eps`` above, relative to each factor's mean eigenvalue (a reference damping; the rows do not
             depend on the damping a query uses).
-        rank_one: for a projected eigen index, also store exactly the layers whose gradient is non-zero at one token
-            per example (found on the training batches; see the module docstring), for the shortlist of a query.
     """
 
     projection: int = 64
@@ -121,7 +110,6 @@ class IndexConfig:
     whiten_eps: float = 0.1
     basis: str = "eigen"
     entries: int | None = None
-    rank_one: bool = True
 
     def __post_init__(self) -> None:
         if self.projection < 1:
@@ -361,15 +349,12 @@ class GradientIndex:
         engine: The engine that preconditions queries and re-scores candidates.
         scales: Per-row factors [n_rows] the stored rows are multiplied by (int8 and float16 storage), or None.
         train_texts, train_labels: The training set (needed by the exact re-scoring), or None.
-        vectors: For each layer of ``meta["rank_one"]``, the rotated vectors ``(U_G^T g, U_A^T a)`` of every row,
-            [n_rows, out] and [n_rows, in(+1)] (memory maps after :meth:`load`); see the module docstring.
     """
 
     def __init__(self, rows: np.ndarray, meta: dict, engine: InfluenceEngine,
                  train_texts: Sequence[str] | None = None, train_labels: Sequence[int] | np.ndarray | None = None,
-                 scales: np.ndarray | None = None, vectors: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
+                 scales: np.ndarray | None = None):
         self.rows, self.meta, self.engine, self.scales = rows, meta, engine, scales
-        self.vectors = dict(vectors or {})
         self.train_texts = None if train_texts is None else list(train_texts)
         self.train_labels = None if train_labels is None else np.asarray(train_labels, dtype=np.int64)
         self._projector: _Projector | _EigenSelector | None = None
@@ -461,13 +446,10 @@ class GradientIndex:
             part = cls.build(engine, train_texts, train_labels, config=config, start=start, stop=stop,
                              progress=progress, info=info)
         distributed.log(f"index rows of {stop - start} of {n} examples")
-        pieces = {"rows": np.asarray(part.rows), "scales": part.scales}
-        for name, (g, a) in part.vectors.items():
-            pieces[f"{name}/g"], pieces[f"{name}/a"] = g, a
-        merged = distributed.gather_rows(pieces, np.arange(start, stop), n)
+        merged = distributed.gather_rows({"rows": np.asarray(part.rows), "scales": part.scales},
+                                         np.arange(start, stop), n)
         meta = {**part.meta, "rows": [0, n], "world_size": distributed.world_size}
-        vectors = {name: (merged[f"{name}/g"], merged[f"{name}/a"]) for name in part.vectors}
-        return cls(merged["rows"], meta, engine, train_texts, train_labels, merged["scales"], vectors)
+        return cls(merged["rows"], meta, engine, train_texts, train_labels, merged["scales"])
 
     @classmethod
     def concatenate(cls, parts: Sequence[GradientIndex]) -> GradientIndex:
@@ -488,24 +470,18 @@ class GradientIndex:
         meta = {**first.meta, "rows": [0, expected]}
         rows = np.concatenate([np.asarray(p.rows) for p in parts], axis=0)
         scales = None if first.scales is None else np.concatenate([p.scales for p in parts])
-        vectors = {name: tuple(np.concatenate([p.vectors[name][side] for p in parts]) for side in (0, 1))
-                   for name in first.vectors}
-        return cls(rows, meta, first.engine, first.train_texts, first.train_labels, scales, vectors)
+        return cls(rows, meta, first.engine, first.train_texts, first.train_labels, scales)
 
     # ----------------------------------------------------------------- files
     def save(self, folder: str | Path, *, factors: bool = True) -> Path:
         """Write ``rows.npy``, ``index.json`` and (``factors=True``, when the engine has them) ``factors.safetensors``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        for pattern in (COARSE_FILE.format(buckets="*", seed="*"), RANK_ONE_FILE.format(number="*", side="*")):
-            for stale in folder.glob(pattern):  # sketches and vectors of earlier rows
-                stale.unlink()
+        for stale in folder.glob(COARSE_FILE.format(buckets="*", seed="*")):  # sketches of earlier rows
+            stale.unlink()
         np.save(folder / ROWS_FILE, np.ascontiguousarray(self.rows))
         if self.scales is not None:
             np.save(folder / SCALES_FILE, self.scales)
-        for number, name in enumerate(self.meta.get("rank_one", [])):
-            for side, vectors in zip("ga", self.vectors[name]):
-                np.save(folder / RANK_ONE_FILE.format(number=number, side=side), np.ascontiguousarray(vectors))
         meta = dict(self.meta)
         if factors and self.engine.factors is not None:
             self.engine.factors.save(folder / FACTORS_FILE)
@@ -539,11 +515,9 @@ class GradientIndex:
         try:
             rows = np.load(folder / ROWS_FILE, mmap_mode="r")
             scales = np.load(folder / SCALES_FILE) if meta["dtype"] in SCALED else None
-            vectors = {name: tuple(np.load(folder / RANK_ONE_FILE.format(number=number, side=side), mmap_mode="r")
-                                   for side in "ga") for number, name in enumerate(meta.get("rank_one", []))}
         except (OSError, ValueError) as err:
             raise FactorsError(f"cannot read the index rows in {folder} ({err}); rebuild the index") from None
-        index = cls(rows, meta, engine, train_texts, train_labels, scales, vectors)
+        index = cls(rows, meta, engine, train_texts, train_labels, scales)
         index.check(train_texts, train_labels)
         index.folder = folder
         return index
@@ -567,12 +541,6 @@ class GradientIndex:
                                    f"the engine has {found}); use the index's factors or rebuild the index")
         if self.rows.shape != (meta["rows"][1] - meta["rows"][0], self.projector().width):
             raise FactorsError(f"the index rows have shape {self.rows.shape}, its metadata says otherwise; rebuild it")
-        for name in meta.get("rank_one", []):
-            out, width = meta["shapes"][name]
-            found = [v.shape for v in self.vectors.get(name, ())]
-            if found != [(self.rows.shape[0], out), (self.rows.shape[0], width)]:
-                raise FactorsError(f"the index's vectors of layer {name} have shapes {found}, its metadata says "
-                                   "otherwise; rebuild the index")
         if train_texts is not None:
             if train_labels is None or training_hash(train_texts, train_labels) != meta["train_hash"]:
                 raise DataError("this index was built for other training data (texts or labels differ, hash "
@@ -586,8 +554,7 @@ class GradientIndex:
 
     @property
     def bytes_per_example(self) -> int:
-        vectors = sum(v.shape[1] * v.dtype.itemsize for pair in self.vectors.values() for v in pair)
-        return int(self.rows.shape[1] * self.rows.dtype.itemsize + vectors)
+        return int(self.rows.shape[1] * self.rows.dtype.itemsize)
 
     # ----------------------------------------------------------------- questions
     def estimates(self, texts: Sequence[str] | Encoded, labels, *, dampings: Sequence[float] | None = None,
@@ -612,12 +579,9 @@ class GradientIndex:
         columns = list(self.projector().layer_columns().values())
         return self._grouped_lookup(projected, columns, chunk_rows=chunk_rows)
 
-    def query_rows(self, texts: Sequence[str] | Encoded, labels, *, dampings: Sequence[float] | None = None,
-                   tokens: dict[str, list] | None = None) -> torch.Tensor:
-        """The queries in the index's layout, [K, n_query, width]: rotated, preconditioned, then compressed.
-
-        ``tokens`` (eigen basis): ``{layer: [None] * n_query}`` to fill, in the same pass, with each query's rotated
-        ``(G [T, out], A [T, in])`` at its tokens of non-zero gradient (for :class:`_RankOne`)."""
+    def query_rows(self, texts: Sequence[str] | Encoded, labels, *,
+                   dampings: Sequence[float] | None = None) -> torch.Tensor:
+        """The queries in the index's layout, [K, n_query, width]: rotated, preconditioned, then compressed."""
         engine = self.engine
         values = engine.damping_values(dampings)
         test = engine.encode(texts, labels)
@@ -626,7 +590,7 @@ class GradientIndex:
         projector = self.projector()
         if isinstance(projector, _EigenSelector):
             weights = projector.weights(engine.config.method, engine.layer_dampings(values))
-            joined = self._eigen_query_rows(test, weights, projector, len(values), tokens)
+            joined = self._eigen_query_rows(test, weights, projector, len(values))
             return joined * projector.column_scale.to(joined) if self.meta.get("whitened_int8") else joined
         rotations, weights = engine.preconditioner(values)
         routes = {name: "rotated" for name in engine.layers}
@@ -647,7 +611,7 @@ class GradientIndex:
         return joined
 
     def _eigen_query_rows(self, test: Encoded, weights: dict[str, torch.Tensor], projector: _EigenSelector,
-                          k: int, tokens: dict[str, list] | None = None) -> torch.Tensor:
+                          k: int) -> torch.Tensor:
         """Eigen-index queries [K, n, width] computed at the stored entries only: each layer's [R, C] block of the
         rotated gradient from the tokens, as a training row is (:meth:`_EigenSelector.training_block`), times ``1 /
         (L + damping)`` at the same entries. Equal to selecting them from the whole rotated, preconditioned
@@ -663,13 +627,6 @@ class GradientIndex:
                 blocks = [projector.training_block(name, captures[name].a, captures[name].g[0]).unsqueeze(0)
                           * scaled[name] for name in engine.layers]
                 out[:, torch.from_numpy(np.asarray(batch.index))] = projector.arrange(torch.cat(blocks, dim=-1))
-                for name, kept in (tokens or {}).items():
-                    g, a = captures[name].g[0], captures[name].a  # [B, T, out], [B, T, in(+1)]
-                    layer = engine.factors.layers[name]
-                    u_g, u_a = layer.g_eigvecs.to(g), layer.a_eigvecs.to(a)
-                    active = g.abs().sum(-1) > 0
-                    for b, position in enumerate(np.asarray(batch.index)):
-                        kept[int(position)] = (g[b, active[b]] @ u_g, a[b, active[b]] @ u_a)
         return out
 
     def lookup(self, projected: torch.Tensor, *, rows: np.ndarray | None = None, entries: int | None = None,
@@ -685,11 +642,9 @@ class GradientIndex:
 
     def _grouped_lookup(self, projected: torch.Tensor, groups: Sequence[np.ndarray] | None, *,
                         rows: np.ndarray | None = None, entries: int | None = None, chunk_rows: int | None = None,
-                        stored: np.ndarray | None = None, row_scales: np.ndarray | None = None,
-                        with_whole: bool = False) -> np.ndarray:
+                        stored: np.ndarray | None = None, row_scales: np.ndarray | None = None) -> np.ndarray:
         """:meth:`lookup` restricted to each group of stored columns, [G, Q, n] (one group of every column when
-        ``groups`` is None; ``with_whole`` puts the whole width first, [1 + G, Q, n]); every chunk of rows is read
-        once for all groups."""
+        ``groups`` is None); every chunk of rows is read once for all groups."""
         if stored is None:
             stored, row_scales = self.rows, self.scales
         width = stored.shape[1] if entries is None else max(1, min(int(entries), stored.shape[1]))
@@ -702,10 +657,8 @@ class GradientIndex:
         row_bytes = width * stored.dtype.itemsize
         chunk_rows = chunk_rows or max(1, (CHUNK_BYTES if gather is None else GATHER_BYTES) // row_bytes)
         picks = None if groups is None else [torch.from_numpy(np.asarray(g)).to(projected.device) for g in groups]
-        whole = picks is None or with_whole
-        first = 1 if whole else 0  # groups start after the whole width
-        query = _IntegerQuery.split(scaled) if stored.dtype == np.int8 and whole else scaled
-        out = np.empty((first + (0 if picks is None else len(picks)), projected.shape[0], len(selected)))
+        whole = _IntegerQuery.split(scaled) if stored.dtype == np.int8 and picks is None else scaled
+        out = np.empty((1 if picks is None else len(picks), projected.shape[0], len(selected)))
         for s in range(0, len(selected), chunk_rows):
             picked = selected[s:s + chunk_rows]
             if gather is not None:
@@ -716,11 +669,11 @@ class GradientIndex:
                     part = np.array(part)
                 part = torch.from_numpy(part)
             part = part.to(projected.device)
-            if whole:
-                out[0, :, s:s + chunk_rows] = _product(query, part).cpu().numpy()
+            if picks is None:
+                out[0, :, s:s + chunk_rows] = _product(whole, part).cpu().numpy()
             for i, picked in enumerate(picks or ()):
-                out[first + i, :, s:s + chunk_rows] = _product(scaled.index_select(1, picked),
-                                                               part.index_select(1, picked)).cpu().numpy()
+                out[i, :, s:s + chunk_rows] = _product(scaled.index_select(1, picked),
+                                                       part.index_select(1, picked)).cpu().numpy()
         out *= peak.double().cpu().numpy()
         if row_scales is not None:
             out *= row_scales[selected]
@@ -787,7 +740,7 @@ class GradientIndex:
         """Entries of a coarse sketch row: ``COARSE_BYTES`` of :meth:`_coarse_storage`."""
         return max(1, min(self.rows.shape[1], COARSE_BYTES // self._coarse_storage().itemsize))
 
-    def shortlist(self, projected: torch.Tensor, width: int, rank_one: _RankOne | None = None) -> list[np.ndarray]:
+    def shortlist(self, projected: torch.Tensor, width: int) -> list[np.ndarray]:
         """Per query [width]: the training rows of the ``width`` largest and smallest estimates, in one pass over
         all rows when the index is small, else a coarse pass over every row's count sketch (``eigen`` basis) that
         keeps ``SHORTLIST_FACTOR`` times as many rows per side, then the whole width on those.
@@ -795,25 +748,16 @@ class GradientIndex:
         A sketch estimate errs with a standard deviation of about ``|q| |x| / sqrt(buckets)`` (query and row norms
         over the whole width; the tests check it), so rows with a large norm are the likeliest to be misplaced. The
         coarse pass therefore keeps, per side, the rows whose estimate widened by ``COARSE_SIGMAS`` of those
-        deviations (plus for helpful, minus for harmful) is the most extreme. ``rank_one``: see
-        :meth:`lookup_queries`."""
-        return [rows for rows, _ in self._shortlist(projected, width, rank_one)]
+        deviations (plus for helpful, minus for harmful) is the most extreme."""
+        return [rows for rows, _ in self._shortlist(projected, width)]
 
-    def _shortlist(self, projected: torch.Tensor, width: int,
-                   rank_one: _RankOne | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """:meth:`shortlist` with each shortlisted row's full-width estimate: ``(rows, estimates)`` per query. With
-        ``rank_one``, the ``RANK_ONE_FACTOR * width`` rows per side of the most extreme full-width estimates are
-        kept, and their estimates carry the rank-one layers' exact part instead of their stored entries' part
-        (:class:`_RankOne`); the extremes are taken among them."""
+    def _shortlist(self, projected: torch.Tensor, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`shortlist` with each shortlisted row's full-width estimate: ``(rows, estimates)`` per query."""
         n_rows, n_cols = self.rows.shape
         keep = min(n_rows, SHORTLIST_FACTOR * width)
         if self.meta.get("basis") != "eigen" or self.meta["kind"] != "projected" or n_cols <= 2 * self._coarse_buckets() \
                 or 2 * keep >= n_rows:
-            if rank_one is None:
-                return [_extremes(row, np.arange(n_rows), width) for row in self.lookup(projected)]
-            every, stored = self._grouped_lookup(projected, [rank_one.columns], with_whole=True)
-            return [self._with_rank_one(rank_one, q, np.arange(n_rows), row, stored[q], width)
-                    for q, row in enumerate(every)]
+            return [_extremes(row, np.arange(n_rows), width) for row in self.lookup(projected)]
         picked = []
         coarse = self._coarse_lookup(projected)
         spread = COARSE_SIGMAS * self.row_norms() / math.sqrt(self._coarse_buckets())
@@ -821,45 +765,8 @@ class GradientIndex:
             widened = float(projected[q].double().norm()) * spread
             near = np.union1d(np.argpartition(-(row + widened), keep - 1)[:keep],
                               np.argpartition(row - widened, keep - 1)[:keep])
-            if rank_one is None:
-                picked.append(_extremes(self.lookup(projected[q:q + 1], rows=near)[0], near, width))
-                continue
-            whole, stored = self._grouped_lookup(projected[q:q + 1], [rank_one.columns], rows=near, with_whole=True)
-            picked.append(self._with_rank_one(rank_one, q, near, whole[0], stored[0], width))
+            picked.append(_extremes(self.lookup(projected[q:q + 1], rows=near)[0], near, width))
         return picked
-
-    @staticmethod
-    def _with_rank_one(rank_one: _RankOne, q: int, rows: np.ndarray, whole: np.ndarray, stored: np.ndarray,
-                       width: int) -> tuple[np.ndarray, np.ndarray]:
-        """Query ``q``'s extremes among the ``RANK_ONE_FACTOR * width`` rows per side of the most extreme
-        full-width estimates ``whole`` of ``rows``, their rank-one layers' stored part ``stored`` replaced by the
-        exact one."""
-        near, _ = _extremes(whole, np.arange(len(rows)), min(len(rows), RANK_ONE_FACTOR * width))
-        return _extremes(whole[near] - stored[near] + rank_one.part(q, rows[near]), rows[near], width)
-
-    def lookup_queries(self, texts: Sequence[str], labels, *,
-                       damping: float | None = None) -> tuple[torch.Tensor, _RankOne | None]:
-        """The queries as :meth:`query` looks them up: their rows [n_query, width] (:meth:`query_rows`) and, when
-        the index stores rank-one layers, the exact part of those layers (:class:`_RankOne`, one pass)."""
-        dampings = None if damping is None else [damping]
-        rank_one, tokens = self._rank_one(len(texts), dampings)
-        return self.query_rows(texts, labels, dampings=dampings, tokens=tokens)[0], rank_one
-
-    def _rank_one(self, n_query: int, dampings: Sequence[float] | None) -> tuple[_RankOne | None, dict | None]:
-        """An empty :class:`_RankOne` for ``n_query`` queries at ``dampings`` (one value) and the ``tokens`` that
-        :meth:`query_rows` fills for it, or ``(None, None)`` when the index has no rank-one layers."""
-        names = self.meta.get("rank_one", [])
-        if not names or not isinstance(self.projector(), _EigenSelector):
-            return None, None
-        tokens = {name: [None] * n_query for name in names}
-        values = self.engine.layer_dampings(self.engine.damping_values(dampings))
-        weights = {}
-        for name in names:
-            eigenvalues = self.engine.factors.eigenvalues(name, self.engine.config.method)
-            weights[name] = damped_inverse(eigenvalues.reshape(-1), values[name][:1], name).reshape(
-                eigenvalues.shape).to(device=self.engine.config.device, dtype=self.engine.config.torch_dtype)
-        columns = self.projector().layer_columns()
-        return _RankOne(self.vectors, tokens, weights, np.concatenate([columns[name] for name in names])), tokens
 
     def query(self, texts: Sequence[str], labels, *, top: int = 10, rerank: int = 100, damping: float | None = None,
               adaptive: bool = False, progress: Progress | None = None) -> pd.DataFrame:
@@ -884,19 +791,19 @@ class GradientIndex:
         if self.meta["rows"] != [0, self.meta["n_train"]]:
             raise DataError("this index is a shard; join every shard (GradientIndex.concatenate) before asking")
         dampings = None if damping is None else [damping]
-        projected, rank_one = self.lookup_queries(texts, labels, damping=damping)  # [n_query, width]
+        projected = self.query_rows(texts, labels, dampings=dampings)[0]  # [n_query, width]
         n_train = self.rows.shape[0]
         top = min(top, n_train)
         records = []
         if rerank == 0:
-            for q, (rows, row) in enumerate(self._shortlist(projected, top, rank_one)):
+            for q, (rows, row) in enumerate(self._shortlist(projected, top)):
                 for direction, order in (("helpful", np.lexsort((rows, -row))), ("harmful", np.lexsort((rows, row)))):
                     records += [(q, direction, r + 1, int(rows[i]), float(row[i]), 0) for r, i in enumerate(order[:top])]
             return _frame(records)
         if self.train_texts is None or self.train_labels is None:
             raise DataError("re-scoring needs the training set: load the index with train_texts and train_labels")
         width = min(max(rerank, top), n_train)
-        candidates, guesses = zip(*self._shortlist(projected, width, rank_one))
+        candidates, guesses = zip(*self._shortlist(projected, width))
         sides = []  # per query: (helpful, harmful) candidate positions, best estimate first
         for guess in guesses:
             helpful, harmful = np.lexsort((np.arange(len(guess)), -guess)), np.lexsort((np.arange(len(guess)), guess))
@@ -946,40 +853,6 @@ class GradientIndex:
         if len(worst) == top:
             more.update(int(i) for i in harmful if i not in exact and guess[i] - margin <= worst[-1])
         return np.array(sorted(more), dtype=np.int64)
-
-
-class _RankOne:
-    """The exact part of the rank-one layers in each query's score, from the stored vectors of the training rows.
-
-    For such a layer a training row's rotated gradient is ``G_m A_m^T`` (one token), so its part of the score is
-    ``sum_ij M_ij G_m,i A_m,j = sum((A_m M^T) * G_m)`` with the query's rotated, preconditioned matrix ``M =
-    (sum_t G_q,t A_q,t^T) / (L + damping)`` [out, in] (every token of the query: nothing is assumed of it).
-
-    Attributes:
-        columns: the stored columns that hold those layers' entries (their part of the stored estimate).
-    """
-
-    def __init__(self, vectors: dict[str, tuple[np.ndarray, np.ndarray]], tokens: dict[str, list],
-                 weights: dict[str, torch.Tensor], columns: np.ndarray):
-        self.vectors, self.tokens, self.weights = vectors, tokens, weights  # tokens: filled by query_rows
-        self.columns = np.sort(columns)
-
-    def select(self, q: int) -> _RankOne:
-        """The same for query ``q`` alone (its position 0)."""
-        return _RankOne(self.vectors, {name: [kept[q]] for name, kept in self.tokens.items()}, self.weights,
-                        self.columns)
-
-    def part(self, q: int, rows: np.ndarray) -> np.ndarray:
-        """The exact part of query ``q``'s score on the training ``rows`` (sorted), [len(rows)] float64."""
-        total = np.zeros(len(rows))
-        for name, weight in self.weights.items():
-            g_q, a_q = self.tokens[name][q]
-            matrix = (g_q.transpose(0, 1) @ a_q) * weight  # [out, in]
-            stored_g, stored_a = self.vectors[name]
-            g = torch.from_numpy(np.asarray(stored_g[rows])).to(matrix)
-            a = torch.from_numpy(np.asarray(stored_a[rows])).to(matrix)
-            total += ((a @ matrix.T) * g).sum(dim=1).double().cpu().numpy()
-        return total
 
 
 class _CountSketch:
@@ -1159,11 +1032,6 @@ class _Builder:
         self.rows = np.zeros((stop - start, self.meta["width"]), dtype=STORAGE[config.dtype])
         self.scales = np.ones(stop - start, dtype=np.float32) if config.dtype in SCALED else None
         self.seen = np.zeros(stop - start, dtype=bool)
-        # the layers still taken for rank one (None until the first batch) and their vectors
-        self.wants_rank_one = config.rank_one and self.meta["kind"] == "projected" and config.basis == "eigen" \
-            and engine.config.method != "identity"
-        self.rank_one: list[str] | None = None
-        self.vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def absorb(self, index: np.ndarray, gradients: dict[str, torch.Tensor], captures: dict[str, LayerCapture]) -> None:
         """Store rows ``index`` (positions in the shard) from output gradients [B, T, out] of the given labels."""
@@ -1189,31 +1057,6 @@ class _Builder:
             self.scales[index] = scale
         self.rows[index] = rows.astype(self.rows.dtype)
         self.seen[index] = True
-        if self.wants_rank_one:
-            self._absorb_rank_one(index, gradients, captures)
-
-    def _absorb_rank_one(self, index: np.ndarray, gradients: dict[str, torch.Tensor],
-                         captures: dict[str, LayerCapture]) -> None:
-        """Store the rotated vectors of the layers whose gradient is non-zero at one token per example; a layer
-        with more tokens in any batch is dropped (its entries stay in the rows, as for every layer)."""
-        if self.rank_one is None:
-            self.rank_one = list(self.engine.layers)
-        storage = np.float64 if self.engine.config.torch_dtype == torch.float64 else np.float32
-        for name in list(self.rank_one):
-            g, a = gradients[name], captures[name].a  # [B, T, out], [B, T, in(+1)]
-            active = g.abs().sum(-1) > 0
-            if bool((active.sum(-1) > 1).any()):
-                self.rank_one.remove(name)
-                self.vectors.pop(name, None)
-                continue
-            token = active.to(torch.int64).argmax(dim=-1)  # the one token (0 for a gradient of zero)
-            batch = torch.arange(len(token), device=g.device)
-            layer = self.factors.layers[name]
-            rotated = (g[batch, token] @ layer.g_eigvecs.to(g), a[batch, token] @ layer.a_eigvecs.to(a))
-            if name not in self.vectors:
-                self.vectors[name] = tuple(np.zeros((len(self.rows), v.shape[-1]), dtype=storage) for v in rotated)
-            for stored, vectors in zip(self.vectors[name], rotated):
-                stored[index] = vectors.cpu().numpy()
 
     def absorb_fisher(self, batch: Batch, logits: torch.Tensor, captures: dict[str, LayerCapture]) -> None:
         """The fit's hook: turn captures of the Fisher terms into given-label gradients, then :meth:`absorb`.
@@ -1248,9 +1091,7 @@ class _Builder:
         if not self.seen.all():
             raise DataError(f"{int((~self.seen).sum())} training rows were not indexed")
         self.meta["factors_fingerprint"] = factors_fingerprint(self.engine.factors)
-        self.meta["rank_one"] = list(self.rank_one or [])
-        return GradientIndex(self.rows, self.meta, self.engine, self.texts, self.labels, self.scales,
-                             {name: self.vectors[name] for name in self.meta["rank_one"]})
+        return GradientIndex(self.rows, self.meta, self.engine, self.texts, self.labels, self.scales)
 
 
 def fit_and_index(engine: InfluenceEngine, train_texts: Sequence[str], train_labels, *,

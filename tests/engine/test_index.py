@@ -288,8 +288,7 @@ def test_exact_rows_are_chosen_when_they_fit_the_budget(tokenizer, texts, labels
         out, width = square["shapes"][name]
         assert (k_out, k_in) == ((out, width) if out * width <= 16 else (out, 16 // out) if out < 4
                                  else (4, 4) if width >= 4 else (16 // width, width))
-    vectors = sum(sum(small.meta["shapes"][name]) for name in small.meta["rank_one"])  # in the engine's float64
-    assert small.meta["rank_one"] == RANK_ONE and small.bytes_per_example == small.rows.shape[1] * 4 + vectors * 8
+    assert small.bytes_per_example == small.rows.shape[1] * 4
 
 
 @pytest.mark.parametrize("basis", ["eigen", "random"])
@@ -303,10 +302,6 @@ def test_a_sharded_build_equals_a_one_shot_build(basis, tokenizer, texts, labels
              for s, e in ((3, 7), (0, 3))]
     joined = GradientIndex.concatenate(parts)
     np.testing.assert_allclose(joined.rows, whole.rows, rtol=1e-12, atol=1e-15)
-    assert joined.meta["rank_one"] == whole.meta["rank_one"] == (RANK_ONE if basis == "eigen" else [])
-    for name in whole.meta["rank_one"]:
-        for side in (0, 1):
-            np.testing.assert_allclose(joined.vectors[name][side], whole.vectors[name][side], rtol=1e-12, atol=1e-15)
     assert joined.meta["rows"] == [0, len(texts)] and seen[-1] == (1, 1, "index")
     with pytest.raises(DataError, match="gap"):
         GradientIndex.concatenate(parts[:1])
@@ -325,12 +320,7 @@ def test_fit_and_index_rides_on_the_eigenvalue_pass(fisher, classes, basis, toke
     assert riding.meta["factors_fingerprint"] == separate.meta["factors_fingerprint"]
     projected = IndexConfig(projection=3, exact=False, dtype="float64", basis=basis)  # with the fresh factors
     _, riding = fit_and_index(engine, texts, labels, config=projected)
-    separate = GradientIndex.build(engine, texts, labels, config=projected)
-    _close(riding.rows, separate.rows, 1e-9)
-    assert riding.meta["rank_one"] == separate.meta["rank_one"] == (RANK_ONE if basis == "eigen" else [])
-    for name in riding.meta["rank_one"]:  # the fit's pass gives the same vectors (scaled Fisher terms)
-        for side in (0, 1):
-            _close(riding.vectors[name][side], separate.vectors[name][side], 1e-9)
+    _close(riding.rows, GradientIndex.build(engine, texts, labels, config=projected).rows, 1e-9)
     reference = _engine(engine.model, tokenizer, fisher=fisher)
     reference.fit(texts, labels)
     for name in engine.layers:
@@ -473,78 +463,3 @@ def test_an_int8_eigen_index_keeps_its_small_entries(tokenizer, texts, labels, m
     monkeypatch.setattr(GradientIndex, "plan", staticmethod(lambda *a: {**plan(*a), "whitened_int8": False}))
     plain = GradientIndex.build(engine, texts, labels, config=int8).estimates(texts[:3], labels[:3])[0]
     assert np.abs(whitened - expected).max() < np.abs(plain - expected).max()
-
-
-RANK_ONE = ["bert.encoder.layer.1.intermediate.dense", "bert.encoder.layer.1.output.dense", "bert.pooler.dense",
-            "classifier"]
-
-
-def test_the_rank_one_layers_are_found_and_stored_exactly(tokenizer, texts, labels):
-    """Only the first token reaches the loss from the last block on, so those layers' per-example gradients are
-    outer products: the stored rotated vectors rebuild the plain per-example gradient exactly; the earlier layers
-    (several tokens) are not taken."""
-    engine = _fitted(tokenizer, texts)
-    index = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=False, entries=40, dtype="float64"))
-    assert index.meta["rank_one"] == RANK_ONE
-    plain = GradientIndex.build(engine, texts, labels, config=EXACT)  # plain per-example gradients
-    for name in RANK_ONE:
-        layer, (start, stop) = engine.factors.layers[name], _columns(plain.meta, name)
-        out, width = plain.meta["shapes"][name]
-        g, a = (torch.from_numpy(np.asarray(v)) for v in index.vectors[name])
-        rebuilt = layer.g_eigvecs @ (g.unsqueeze(2) * a.unsqueeze(1)) @ layer.a_eigvecs.T
-        _close(rebuilt.reshape(len(texts), -1).numpy(), plain.rows[:, start:stop], 1e-10)
-    assert index.bytes_per_example == 8 * (40 + sum(sum(plain.meta["shapes"][name]) for name in RANK_ONE))
-    off = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=False, entries=40, dtype="float64",
-                                                                        rank_one=False))
-    assert off.meta["rank_one"] == [] and off.vectors == {} and plain.meta["rank_one"] == []
-    np.testing.assert_array_equal(off.rows, index.rows)
-
-
-@pytest.mark.parametrize("relative", [False, True])
-def test_the_shortlist_carries_the_rank_one_layers_exact_part(relative, tokenizer, texts, labels, tmp_path,
-                                                               monkeypatch):
-    """A query's estimates are the stored entries of the other layers plus the engine's own scores of the rank-one
-    layers, at the damping asked, over every row, over the rows nearest the top and over a coarse pass's shortlist;
-    saved and loaded, the same; without rank-one layers, the stored estimate."""
-    from influence_core.engine import index as index_module
-
-    engine = _fitted(tokenizer, texts, **({"relative_damping": 1.0} if relative else {}))
-    config = IndexConfig(exact=False, entries=4, dtype="float64")  # leaves the classifier out
-    index = GradientIndex.build(engine, texts, labels, config=config)
-    damping = 0.3
-    table = engine.score(texts[:2], labels[:2], texts, labels, dampings=[damping], self_influence=False)
-    exact_part = sum(table.by_layer(0)[name] for name in RANK_ONE)
-    projected = index.query_rows(texts[:2], labels[:2], dampings=[damping])[0]
-    columns = index.projector().layer_columns()
-    others = np.sort(np.concatenate([columns[name] for name in engine.layers if name not in RANK_ONE]))
-    expected = index._grouped_lookup(projected, [others])[0] + exact_part
-    stored = index.estimates(texts[:2], labels[:2], dampings=[damping])[0]
-    assert np.abs(stored - expected).max() > 1e-3 * np.abs(expected).max()  # the stored entries leave a part out
-
-    def answered(idx):
-        answer = idx.query(texts[:2], labels[:2], top=len(texts), rerank=0, damping=damping)
-        helpful = answer[answer["direction"] == "helpful"]
-        got = np.full((2, len(texts)), np.nan)
-        got[helpful["query"], helpful["train_row"]] = helpful["influence"]
-        return got
-
-    _close(answered(index), expected, 1e-9)
-    monkeypatch.setattr(index_module, "SHORTLIST_FACTOR", 1)  # 3 rows per side of the 7, for the top 3
-    monkeypatch.setattr(index_module, "RANK_ONE_FACTOR", 1)  # and those computed exactly
-    for coarse_bytes in (16384, 8):  # near the top by the stored estimate; then by a coarse sketch of 1 bucket
-        monkeypatch.setattr(index_module, "COARSE_BYTES", coarse_bytes)
-        answer = index.query(texts[:2], labels[:2], top=3, rerank=0, damping=damping)
-        assert len(answer) == 2 * 2 * 3
-        _close(answer["influence"].to_numpy(), expected[answer["query"], answer["train_row"]], 1e-9)
-    assert index.coarse_sketch()[1].shape == (len(texts), 1)
-    monkeypatch.undo()
-    index.save(tmp_path / "index")
-    loaded = GradientIndex.load(tmp_path / "index", engine, texts, labels)
-    assert isinstance(loaded.vectors[RANK_ONE[0]][0], np.memmap)
-    _close(answered(loaded), expected, 1e-9)
-    off = GradientIndex.build(engine, texts, labels, config=IndexConfig(exact=False, entries=4, dtype="float64",
-                                                                        rank_one=False))
-    _close(answered(off), stored, 1e-9)
-    np.save(tmp_path / "index" / "rank-one-0-g.npy", np.zeros((3, 24)))
-    with pytest.raises(FactorsError, match="vectors"):
-        GradientIndex.load(tmp_path / "index", engine, texts, labels)
