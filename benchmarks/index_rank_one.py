@@ -21,7 +21,8 @@ With ``--timing-only`` it instead times what the lookup would add: each rank-one
 ``--shortlist`` rows of one query from the two stored vectors (``sum((A M^T) * G)`` with the query's preconditioned
 [out, in] matrix ``M``, in float32), median of 7 calls in one process; no model is needed.
 
-Writes nothing but its output.
+Writes nothing but its output. The outcome, and the run of the built version on the whole training set (dropped):
+``benchmarks/INDEX.md``.
 """
 
 from __future__ import annotations
