@@ -33,8 +33,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.index import sst2_workload
-from benchmarks.index_tail import _covered
+from benchmarks.index import _agreement, sst2_workload
 
 
 def rank_one_layers(engine, texts, labels) -> list[str]:
@@ -65,10 +64,6 @@ def shortlist_seconds(shapes: dict[str, tuple[int, int]], rows: int, repeats: in
             total += ((a @ m.T) * g).sum(dim=1)
         times.append(time.perf_counter() - start)
     return float(np.median(times))
-
-
-def _median_pearson(estimate: np.ndarray, exact: np.ndarray) -> float:
-    return float(np.median([np.corrcoef(estimate[q], exact[q])[0, 1] for q in range(len(exact))]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,8 +122,9 @@ def main(argv: list[str] | None = None) -> None:
         plain = queries[:, :e] @ rows[:, :e].T
         for estimate in (plain, *(queries[:, others[:k]] @ rows[:, others[:k]].T + exact_rank_one
                                   for k in (e, max(e - vector_bytes, 1)))):
-            helpful, harmful = _covered(exact, estimate, estimate, args.top, args.candidates)
-            cells.append(f"{helpful:.2f}/{harmful:.2f}, {_median_pearson(estimate, exact):.4f}")
+            found = _agreement(estimate, exact, args.top, args.candidates)
+            cells.append(f"{found['helpful_in_candidates']:.2f}/{found['harmful_in_candidates']:.2f}, "
+                         f"{found['median_pearson']:.4f}")
         print(f"{e:<8} " + "   ".join(f"{c:<24}" for c in cells), flush=True)
 
 
