@@ -186,7 +186,8 @@ def cleaned_dataset(train: pd.DataFrame, marks: Mapping[int, dict], label_names:
 
 
 def flag_list(train: pd.DataFrame, marks: Mapping[int, dict], label_names: Sequence[str]) -> pd.DataFrame:
-    """Every marked review: ``row_id``, ``text``, ``label``, ``label_name``, ``mark``, ``new_label``, ``new_label_name``."""
+    """Every marked review: ``row_id``, ``text``, ``label``, ``label_name``, ``mark``, ``new_label`` (nullable int,
+    missing unless relabelled), ``new_label_name``."""
     by_id = train.set_index("row_id")
     rows = []
     for row_id, mark in sorted(marks.items()):
@@ -201,8 +202,10 @@ def flag_list(train: pd.DataFrame, marks: Mapping[int, dict], label_names: Seque
                 "label": label,
                 "label_name": label_names[label] if 0 <= label < len(label_names) else str(label),
                 "mark": mark["state"],
-                "new_label": "" if new is None else int(new),
+                "new_label": None if new is None else int(new),
                 "new_label_name": "" if new is None else label_names[int(new)],
             }
         )
-    return pd.DataFrame(rows, columns=["row_id", "text", "label", "label_name", "mark", "new_label", "new_label_name"])
+    frame = pd.DataFrame(rows, columns=["row_id", "text", "label", "label_name", "mark", "new_label", "new_label_name"])
+    # nullable integers: blank in the CSV, null in a datasets/Arrow table (a mix of "" and ints cannot be converted)
+    return frame.astype({"new_label": "Int64"})

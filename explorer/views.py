@@ -414,28 +414,6 @@ def cross_fit_analysis(spec: AnalysisSpec, analysis: Analysis, k: int, progress:
                      label_names=analysis.label_names, progress=progress, cancel=cancel_check(progress))
 
 
-def label_studio_tasks(train: pd.DataFrame, scores: dict[str, np.ndarray], label_names: Sequence[str],
-                       order: Sequence[int], reasons: Sequence[str] | None = None) -> list[dict]:
-    """The review queue as Label Studio tasks (its JSON import format: a list of ``{"data": ..., "predictions": [...],
-    "meta": ...}``), for a labelling config with ``<Text name="text" value="$text"/>`` and
-    ``<Choices name="label" toName="text">`` over ``label_names``. Each task pre-selects the *given* label as a
-    prediction whose ``score`` is the combined suspicion (so Label Studio can sort by it); ``meta`` carries the
-    row id, rank and every signal."""
-    tasks = []
-    for rank, j in enumerate(order, start=1):
-        j = int(j)
-        label = label_names[int(train["label"].iloc[j])]
-        signals = {name: float(values[j]) for name, values in scores.items() if np.isfinite(values[j])}
-        tasks.append({
-            "data": {"text": str(train["text"].iloc[j]), "row_id": int(train["row_id"].iloc[j]), "given_label": label},
-            "predictions": [{"model_version": "influence-explorer-mislabel", "score": signals.get("combined", 0.0),
-                             "result": [{"from_name": "label", "to_name": "text", "type": "choices",
-                                         "value": {"choices": [label]}}]}],
-            "meta": {"rank": rank, "signals": signals, **({"why": reasons[j]} if reasons is not None else {})},
-        })
-    return tasks
-
-
 #: The Mislabel finder's default "Rank by": the combined ranking when ``influence_core.mislabel`` provides it.
 DEFAULT_RANKING = "combined"
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tempfile
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import cost, figures, retraining, views
+from explorer import cost, figures, mislabels, retraining, views
 from explorer import marks as review_marks
 from explorer import ui as common
 from explorer.analysis import ground_truth_columns
@@ -88,10 +84,8 @@ rank_by = c1.selectbox("Rank by", names, index=names.index(views.default_ranking
                        bind="query-params", format_func=lambda n: n.replace("_", " "),
                        help="  \n".join(f"**{n.replace('_', ' ')}**: {helps.get(n, '')}" for n in names))
 hide_marked = c2.toggle("Hide reviewed", value=True, key="mf_hide", bind="query-params")
-order = np.argsort(-np.nan_to_num(scores_by_name[rank_by], nan=-np.inf), kind="stable")
-ranks = {name: np.empty(len(train), dtype=int) for name in names}
-for name in names:
-    ranks[name][np.argsort(-np.nan_to_num(scores_by_name[name], nan=-np.inf), kind="stable")] = np.arange(1, len(train) + 1)
+order = mislabels.suspicion_order(scores_by_name[rank_by])
+ranks = mislabels.signal_ranks(scores_by_name)
 
 # ---------------------------------------------------------------- the queue
 st.subheader("Review queue")
@@ -172,27 +166,12 @@ truth_col = st.selectbox(
 if truth_col == "(none)":
     st.caption("Choose a column that marks known mislabels (e.g. planted_error) to grade the rankings.")
 else:
-    if truth_col == "(my marks)":
-        truth = np.array([marks.get(int(r), {}).get("state") in ("mislabeled", "relabel") for r in row_ids])
-    else:
-        truth = train[truth_col].astype(str).str.lower().isin(["1", "true"]).to_numpy()
+    truth = mislabels.known_mislabels(train, truth_col, marks)
     if not truth.any():
         st.info("No review is marked as mislabeled in this column (or slice) yet.")
     else:
-        curves = figures.ranking_curves(scores_by_name, truth)
+        curves, summary = mislabels.ranking_quality(scores_by_name, truth)
         n_true = int(truth.sum())
-        tenth = max(1, int(np.ceil(0.1 * len(truth))))
-        summary = pd.DataFrame(
-            [
-                {
-                    "ranking": name.replace("_", " "),
-                    f"precision at {n_true}": float(group.loc[group.k == n_true, "precision"].iloc[0]),
-                    f"recall at {tenth} (top 10%)": float(group.loc[group.k == tenth, "recall"].iloc[0]),
-                    "reviews to inspect for half of them": int(group.loc[group.recall >= 0.5, "k"].min()),
-                }
-                for name, group in curves.groupby("ranking", sort=False)
-            ]
-        )
         st.caption(f"{n_true} of {len(truth)} training reviews are known mislabels ({truth_col}).")
         common.table(
             summary, "ranking_quality", key="mf_quality",
@@ -210,8 +189,7 @@ else:
 st.subheader("Export")
 flags = review_marks.flag_list(train, marks, analysis.label_names)
 cleaned = review_marks.cleaned_dataset(train, marks, analysis.label_names)
-n_dropped = sum(1 for r in row_ids if marks.get(int(r), {}).get("state") == "mislabeled")
-n_relabelled = sum(1 for r in row_ids if marks.get(int(r), {}).get("state") == "relabel")
+n_dropped, n_relabelled = mislabels.mark_counts(train, marks)
 st.caption(f"The cleaned dataset drops {n_dropped} reviews marked mislabeled and relabels {n_relabelled}; "
            f"{len(cleaned)} of {len(train)} training reviews remain.")
 e1, e2, e3 = st.columns(3)
@@ -229,33 +207,16 @@ st.caption(
 )
 
 
-def _datasets_zip(tables: dict[str, pd.DataFrame]) -> bytes:
-    """The tables as Hugging Face ``datasets`` folders (``save_to_disk``), zipped: one folder per table."""
-    from datasets import Dataset
-
-    buffer = io.BytesIO()
-    with tempfile.TemporaryDirectory() as folder, zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, table in tables.items():
-            Dataset.from_pandas(table.reset_index(drop=True), preserve_index=False).save_to_disk(f"{folder}/{name}")
-            for path in sorted(Path(folder, name).rglob("*")):
-                if path.is_file():
-                    archive.write(path, path.relative_to(folder))
-    return buffer.getvalue()
-
-
-flag_table = pd.DataFrame(flags)
-scored = train[["row_id", "text", "label"]].copy()
-for name in names:
-    scored[name] = scores_by_name[name]
-scored["why"] = reasons
+scored = mislabels.signal_table(train, scores_by_name, reasons)
 x1, x2, x3 = st.columns(3)
 if x1.button("Prepare Hugging Face datasets (zip)", key="mf_hf_prepare", icon=":material/folder_zip:"):
-    st.session_state["mf_hf_zip"] = _datasets_zip({"cleaned": cleaned, "flags": flag_table, "scores": scored})
+    st.session_state["mf_hf_zip"] = mislabels.datasets_zip({"cleaned": cleaned, "flags": flags,
+                                                                        "scores": scored})
 if "mf_hf_zip" in st.session_state:
     x1.download_button("Download datasets folders (zip)", st.session_state["mf_hf_zip"],
                        file_name="mislabel_datasets.zip", mime="application/zip", key="mf_dl_hf", on_click="ignore",
                        icon=":material/download:")
-queue_tasks = views.label_studio_tasks(train, scores_by_name, analysis.label_names, order, reasons)
+queue_tasks = mislabels.label_studio_tasks(train, scores_by_name, analysis.label_names, order, reasons)
 x2.download_button("Download queue for Label Studio (JSON)", json.dumps(queue_tasks, indent=1).encode("utf-8"),
                    file_name="mislabel_queue_label_studio.json", mime="application/json", key="mf_dl_ls",
                    on_click="ignore", icon=":material/download:")
@@ -267,7 +228,7 @@ if marks and e3.button("Clear all marks", key="mf_clear_all"):
     st.rerun()
 if len(flags):
     with st.expander(f"Marked reviews ({len(flags)})"):
-        st.dataframe(pd.DataFrame(flags), hide_index=True)
+        st.dataframe(flags, hide_index=True)
 
 # ---------------------------------------------------------------- fix and retrain
 st.subheader("Fix and retrain")
@@ -309,13 +270,13 @@ else:
     before = analysis.influence(out.k, None)[:, outcome.kept]
     after = outcome.influence_after
     shared = float(np.percentile(np.abs(np.concatenate([before.ravel(), after.ravel()])), 95)) or None
-    names = [f"train {int(i)}" for i in outcome.kept]
+    kept_names = [f"train {int(i)}" for i in outcome.kept]
     left, right = st.columns(2)
     with left:
-        common.figure(figures.influence_heatmap(before, col_names=names, title="Influence before (model under study)",
+        common.figure(figures.influence_heatmap(before, col_names=kept_names, title="Influence before (model under study)",
                                                 zmax=shared), "influence_before_retrain", key="mf_before")
     with right:
-        common.figure(figures.influence_heatmap(after, col_names=names, title="Influence after (retrained)", zmax=shared),
+        common.figure(figures.influence_heatmap(after, col_names=kept_names, title="Influence after (retrained)", zmax=shared),
                       "influence_after_retrain", key="mf_after")
     harmful_before, harmful_after = int((before < 0).sum()), int((after < 0).sum())
     st.caption(f"Harmful pairs: {harmful_before} before, {harmful_after} after, over the same "

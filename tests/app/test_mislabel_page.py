@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from explorer import views
+from explorer import mislabels, views
 from explorer.marks import MarkStore
 from influence_core.mislabel import signal_percentiles, suspicion_reasons
 from tests.app.conftest import no_exceptions
@@ -42,7 +42,7 @@ def _expected(at, out_of_fold=None, cross_fit=None):
     scores = views.rankings(analysis, out.k, out.layers, out_of_fold=out_of_fold, dynamics=dynamics)
     percentiles = signal_percentiles({n: v for n, v in scores.items() if n != "combined"})
     marks = MarkStore.for_data(out.spec.train_data).load()
-    order = np.argsort(-np.nan_to_num(scores["combined"], nan=-np.inf), kind="stable")
+    order = mislabels.suspicion_order(scores["combined"])
     row_ids = analysis.train["row_id"].to_numpy()
     queue = [int(j) for j in order if int(row_ids[j]) not in marks]  # "Hide reviewed" is on by default
     return analysis, scores, percentiles, queue
@@ -108,9 +108,9 @@ def test_label_studio_export_has_one_task_per_training_review_with_its_text_and_
     at = _page(computed)
     analysis, scores, percentiles, _ = _expected(at)
     train = analysis.train
-    order = np.argsort(-np.nan_to_num(scores["combined"], nan=-np.inf), kind="stable")
+    order = mislabels.suspicion_order(scores["combined"])
     reasons = [suspicion_reasons(row) for row in percentiles.to_dict("records")]
-    tasks = views.label_studio_tasks(train, scores, analysis.label_names, order, reasons)
+    tasks = mislabels.label_studio_tasks(train, scores, analysis.label_names, order, reasons)
     assert len(tasks) == len(train)
     assert sorted(t["data"]["row_id"] for t in tasks) == sorted(train["row_id"].astype(int).tolist())
     for rank, (task, j) in enumerate(zip(tasks, order), start=1):
@@ -123,3 +123,38 @@ def test_label_studio_export_has_one_task_per_training_review_with_its_text_and_
         assert task["meta"]["rank"] == rank and task["meta"]["why"] == reasons[j]
     # the page offers exactly this file
     assert any(b.label == "Download queue for Label Studio (JSON)" for b in at.get("download_button"))
+
+
+def test_marks_from_the_queue_reach_the_datasets_zip(computed, tmp_path):
+    """One review marked mislabeled and one relabelled through the queue's buttons, then the Hugging Face export:
+    a mix of blank and set new labels, which Arrow could not convert before the flag list used nullable ints."""
+    import io
+    import zipfile
+
+    from datasets import load_from_disk
+
+    at = _page(computed)
+    store = MarkStore.for_data(at.session_state["_frame"].spec.train_data)
+    try:
+        analysis, _, _, queue = _expected(at)
+        row_ids = analysis.train["row_id"].to_numpy()
+        at.button(key="mf_bad").click().run()
+        no_exceptions(at)
+        at.button(key="mf_relabel").click().run()
+        no_exceptions(at)
+        first, second = int(row_ids[queue[0]]), int(row_ids[queue[1]])
+        at.button(key="mf_hf_prepare").click().run()
+        no_exceptions(at)
+        assert not at.error, [e.value for e in at.error]
+        zipfile.ZipFile(io.BytesIO(at.session_state["mf_hf_zip"])).extractall(tmp_path)
+        flags = load_from_disk(str(tmp_path / "flags")).to_pandas().set_index("row_id")
+        assert flags.loc[first, "mark"] == "mislabeled" and flags.loc[second, "mark"] == "relabel"
+        given = int(analysis.train["label"].iloc[queue[1]])
+        assert int(flags.loc[second, "new_label"]) != given
+        cleaned = load_from_disk(str(tmp_path / "cleaned")).to_pandas().set_index("row_id")
+        assert first not in cleaned.index and int(cleaned.loc[second, "label"]) == int(flags.loc[second, "new_label"])
+        assert len(cleaned) == len(analysis.train) - 1
+        scores = load_from_disk(str(tmp_path / "scores")).to_pandas()
+        assert len(scores) == len(analysis.train) and "combined" in scores.columns
+    finally:
+        store.clear()  # the other tests start unmarked
