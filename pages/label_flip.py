@@ -49,10 +49,11 @@ else:
            f"{stable_hash(np.flatnonzero(flip).tolist())}")
     job = common.job_runner().get(key)
     if job is None or job.status not in ("done",):
-        cost = cost.estimate_cost(out.spec, n_train, analysis.scores.n_test)
+        estimate = cost.estimate_cost(out.spec, n_train, analysis.scores.n_test)
         st.caption(f"{len(analysis.label_names)} classes: each flipped review gets the next class, and the scores are "
-                   f"recomputed (one pass over the training reviews): {cost.describe()}.")
-        if (job is None or not job.running) and st.button("Recompute with flipped labels", type="primary"):
+                   f"recomputed (one pass over the training reviews): {estimate.describe()}.")
+        if (job is None or not job.running) and st.button("Recompute with flipped labels", type="primary",
+                                                           key="fl_recompute"):
             spec, store, k, layers = out.spec, common.model_store(), out.k, out.layers
             common.job_runner().start(
                 lambda progress: views.recompute_flipped(spec, store, analysis, flip, k, layers, progress), key=key,
