@@ -151,9 +151,13 @@ def test_retrain_on_the_cleaned_set(studied_model, corpus):
     assert done == sorted(done) and calls[-1][0] == total and any("fine-tune epoch" in c[2] for c in calls)
     assert json.loads(json.dumps(result.to_dict()))["n_train"] == len(train)
 
-    # the same request again reuses the cached fine-tune
-    again = retrain(studied_model, cleaned, test)
-    assert again.model_dir == result.model_dir and again.seconds < result.seconds
+    # the same request again reuses the cached fine-tune: no training step is reported and its folder is untouched
+    written = (result.model_dir / "finetune.json").stat().st_mtime_ns
+    calls_again = []
+    again = retrain(studied_model, cleaned, test, progress=lambda *a: calls_again.append(a))
+    assert again.model_dir == result.model_dir
+    assert not any("fine-tune epoch" in c[2] for c in calls_again)
+    assert (again.model_dir / "finetune.json").stat().st_mtime_ns == written
     np.testing.assert_allclose(again.after_probs, result.after_probs)
 
     with pytest.raises(FinetuneCancelled):
