@@ -10,6 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from influence_core.cli.inputs import COLUMN_OPTIONS
 from influence_core.errors import ConfigError
 from influence_core.sources.data import align_labels, label_ids, read_table, select_columns
 from influence_core.training.finetune import finetune
@@ -96,7 +97,7 @@ def run(args: Any) -> int:
 def _cli_table(table: Any, text_col: str, label_col: str, where: str) -> Any:
     if text_col == "text" and "text" not in table.columns and "sentence" in table.columns:
         text_col = "sentence"
-    return select_columns(table, text_col, label_col, where=where)
+    return select_columns(table, text_col, label_col, where=where, options=COLUMN_OPTIONS)
 
 
 def _cli_label_names(spec: str | None, labels: Any) -> list[str]:

@@ -15,6 +15,9 @@ from influence_core.errors import DataError
 from influence_core.sources.data import align_labels, read_table, select_columns
 from influence_core.sources.models import LoadedModel, ModelSource
 
+#: The options that name a file's columns, for the message when one is missing.
+COLUMN_OPTIONS = {"text": "--text-col", "label": "--label-col"}
+
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a model folder, a Hugging Face Hub id, or 'demo'")
@@ -67,7 +70,7 @@ def read_examples(path: str, args: argparse.Namespace) -> pd.DataFrame:
     text_col = args.text_col
     if text_col == "text" and "text" not in table.columns and "sentence" in table.columns:
         text_col = "sentence"
-    table = select_columns(table, text_col, args.label_col, where=Path(path).name)
+    table = select_columns(table, text_col, args.label_col, where=Path(path).name, options=COLUMN_OPTIONS)
     if table.empty:
         raise DataError(f"{path} has no rows")
     missing = table["text"].map(lambda t: not isinstance(t, str) or not t.strip())

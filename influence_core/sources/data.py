@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,18 +153,23 @@ def read_table(path_or_buffer: str | os.PathLike | io.IOBase | Any, filename: st
         raise DataError(f"cannot read {Path(str(filename)).name} as {fmt.upper()}: {first_line}") from err
 
 
-def select_columns(table: pd.DataFrame, text_col: str, label_col: str, *, where: str = "the table") -> pd.DataFrame:
+def select_columns(table: pd.DataFrame, text_col: str, label_col: str, *, where: str = "the table",
+                   options: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Rename ``text_col`` to ``text`` and ``label_col`` to ``label``; keep every other column.
 
     A different column already named ``text`` or ``label`` is kept as ``text_original``/``label_original``.
+    A missing column is reported with what to do: name it with ``options[role]`` (a command line's
+    ``{"text": "--text-col", "label": "--label-col"}``), or, without ``options``, choose it in the app's column
+    mapping.
     """
     columns = [str(c) for c in table.columns]
     table = table.set_axis(columns, axis=1)
     for wanted, role in ((text_col, "text"), (label_col, "label")):
         if wanted not in columns:
+            fix = (f"Name the {role} column with {options[role]}." if options and role in options
+                   else f"Choose the {role} column in the column mapping.")
             raise DataError(
-                f"{where} has no {role} column {wanted!r}; its columns are: {', '.join(columns) or '(none)'}. "
-                f"Choose the {role} column in the column mapping."
+                f"{where} has no {role} column {wanted!r}; its columns are: {', '.join(columns) or '(none)'}. {fix}"
             )
     if text_col == label_col:
         raise DataError(f"the text and label columns must differ (both are {text_col!r})")

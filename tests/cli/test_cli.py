@@ -91,6 +91,8 @@ def test_bad_inputs_get_one_line_and_exit_2(model_dir, files, tmp_path, capsys):
     wrong = tmp_path / "wrong.csv"
     pd.DataFrame({"review": TEXTS, "label": LABELS}).to_csv(wrong, index=False)
     _bad([*base, "--train", wrong], capsys, "no text column")
+    _bad([*base, "--train", wrong], capsys, "name the text column with --text-col")  # the CLI's words, not the app's
+    _bad([*base, "--train", train, "--label-col", "y"], capsys, "name the label column with --label-col")
     unknown = tmp_path / "unknown.csv"
     pd.DataFrame({"text": TEXTS[:3], "label": ["positive", "neutral", "negative"]}).to_csv(unknown, index=False)
     _bad([*base, "--train", unknown], capsys, "neutral")

@@ -75,8 +75,11 @@ def test_read_table_errors_are_clear(tmp_path):
 
 def test_missing_column_lists_the_columns():
     table = pd.DataFrame({"sentence": ["good"], "label": [1]})
-    with pytest.raises(DataError, match="no text column 'text'.*sentence, label"):
+    with pytest.raises(DataError, match="no text column 'text'.*sentence, label. Choose the text column in the column "
+                                         "mapping"):
         select_columns(table, "text", "label")
+    with pytest.raises(DataError, match="no label column 'y'.*Name the label column with --label-col.$"):
+        select_columns(table, "sentence", "y", options={"text": "--text-col", "label": "--label-col"})
 
 
 def test_select_columns_keeps_a_clashing_column():
