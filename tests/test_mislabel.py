@@ -258,6 +258,33 @@ def test_cli_mislabels_writes_every_ranking(model_dir, tmp_path, capsys):
     assert again["proposed_trusted"].dtype == bool and not again["proposed_trusted"].any()
     assert "proposed trusted slice" in stdout2 and "cleanlab estimates" in stdout2
 
+    # numbers only, as numpy.savetxt writes them: the first row is data, not a header
+    p = np.linspace(0.1, 0.9, len(TEXTS))
+    bare = tmp_path / "bare.csv"
+    np.savetxt(bare, np.column_stack([1 - p, p]), delimiter=",")
+    out3 = tmp_path / "ranked3.csv"
+    code, _, stderr = _run(["mislabels", "--model", model_dir, "--train", train, "--probs", bare, "--dtype",
+                            "float64", "--out", out3], capsys)
+    assert code == 0, stderr
+    given = np.asarray(LABELS)
+    np.testing.assert_allclose(pd.read_csv(out3)["oof_loss"], -np.log(np.where(given == 1, p, 1 - p)), rtol=1e-6)
+
+
+def test_read_probabilities_tells_a_headerless_file_from_class_id_names(tmp_path):
+    from influence_core.cli.mislabels import read_probabilities
+
+    values = np.array([[0.5, 0.5], [0.25, 0.75], [0.9, 0.1]])
+    bare = tmp_path / "bare.csv"
+    np.savetxt(bare, values, delimiter=",")  # its first row repeats a value: pandas would name them 0.5, 0.5.1
+    np.testing.assert_allclose(read_probabilities(str(bare), 3).to_numpy(dtype=float), values)
+    ids = tmp_path / "ids.csv"
+    pd.DataFrame(values, columns=["0", "1"]).to_csv(ids, index=False)  # class ids as names, one row per example
+    table = read_probabilities(str(ids), 3)
+    assert list(table.columns) == ["0", "1"] and len(table) == 3
+    named = tmp_path / "named.tsv"
+    pd.DataFrame(values, columns=["negative", "positive"]).to_csv(named, sep="\t", index=False)
+    assert list(read_probabilities(str(named), 3).columns) == ["negative", "positive"]
+
 
 @pytest.mark.parametrize("case", ["bad_trusted_label", "bad_probs", "missing_train"])
 def test_cli_mislabels_bad_input_is_one_line(model_dir, tmp_path, capsys, case):

@@ -10,7 +10,10 @@ forgetting events), read automatically from the model folder.
 from __future__ import annotations
 
 import argparse
+import re
 import time
+
+import pandas as pd
 
 from influence_core.cli.distributed import add_options, context, progress_bar
 from influence_core.cli.inputs import (
@@ -76,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     train = aligned(raw, loaded)
     trusted = aligned(trusted, loaded) if trusted is not None else None
     texts, labels = train["text"].tolist(), train["label"].to_numpy()
-    oof = probabilities_from_table(read_table(args.probs), loaded.label_names, len(train), args.probs) if args.probs else None
+    oof = probabilities_from_table(read_probabilities(args.probs, len(train)), loaded.label_names, len(train),
+                                   args.probs) if args.probs else None
     start = time.perf_counter()
     folds = cross_fit_folds(args, loaded)
     runs = []
@@ -144,3 +148,21 @@ def cross_fit_folds(args: argparse.Namespace, loaded) -> int:
     if folds and context(args).active:
         raise ConfigError("--cross-fit does not run under a distributed launch; cross-fit first, then pass --probs")
     return int(folds)
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def read_probabilities(path: str, n: int) -> pd.DataFrame:
+    """``--probs`` for ``n`` training rows: a table with a header, or numbers only (``numpy.savetxt``).
+
+    pandas takes a headerless file's first row for names and renames repeats (``0.5``, ``0.5.1``). A file whose
+    names are all numbers (once that suffix is dropped) and that holds one row too few is read again without a
+    header; names that are class ids (``0``, ``1``) over ``n`` rows stay names.
+    """
+    table = read_table(path)
+    names = [str(c) for c in table.columns]
+    numeric = names and all(_NUMBER.fullmatch(name) or _NUMBER.fullmatch(re.sub(r"\.\d+$", "", name)) for name in names)
+    if numeric and len(table) == n - 1:
+        table = read_table(path, header=False)
+    return table

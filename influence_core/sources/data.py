@@ -110,13 +110,15 @@ def load_table(source: DataSource) -> pd.DataFrame:
     return select_columns(table, source.text_col, source.label_col, where=source.describe())
 
 
-def read_table(path_or_buffer: str | os.PathLike | io.IOBase | Any, filename: str | None = None) -> pd.DataFrame:
+def read_table(path_or_buffer: str | os.PathLike | io.IOBase | Any, filename: str | None = None, *,
+               header: bool = True) -> pd.DataFrame:
     """Read a CSV, TSV, Parquet or JSON-lines table; the format comes from the extension.
 
     Args:
         path_or_buffer: a path, or an open binary buffer (e.g. a Streamlit upload).
         filename: the name that carries the extension when ``path_or_buffer`` is a buffer; defaults to the
             buffer's ``name`` attribute.
+        header: for CSV and TSV, whether the first row names the columns; ``False`` names them ``0, 1, ...``.
 
     Text cells are kept as written: ``"NA"`` or ``"null"`` stay strings, an empty cell is an empty string.
     """
@@ -139,6 +141,7 @@ def read_table(path_or_buffer: str | os.PathLike | io.IOBase | Any, filename: st
             return pd.read_csv(
                 path_or_buffer,
                 sep="\t" if fmt == "tsv" else ",",
+                header=0 if header else None,
                 keep_default_na=False,
                 compression=compression or "infer",
                 encoding="utf-8",
