@@ -52,7 +52,7 @@ def add_parser(subparsers) -> None:
                         "it a trusted slice is proposed from the training rows (column proposed_trusted)")
     parser.add_argument("--probs", default=None,
                         help="your own out-of-fold class probabilities, one row per training row and one column per "
-                        "class (named by label or in class order); used for oof_loss, oof_margin and cleanlab "
+                        "class (named by label or in class order; numbers only, without a header, work too); used for oof_loss, oof_margin and cleanlab "
                         "instead of cross-fitting")
     parser.add_argument("--cross-fit", type=int, default=None, metavar="K",
                         help="fine-tune the model's recipe K times, each scoring its held-out fold (out-of-fold "
