@@ -12,8 +12,9 @@ APP = str(ROOT / "app.py")
 SMALL = {"train_n": "24", "test_n": "8"}
 
 
-def build_tiny_classifier(folder: Path) -> Path:
-    """A BERT classifier with hidden size 32 and the MiniLM tokenizer, saved as safetensors (labels of the demo)."""
+def build_tiny_classifier(folder: Path, labels: tuple[str, ...] = ("negative", "positive")) -> Path:
+    """A BERT classifier with hidden size 32 and the MiniLM tokenizer, saved as safetensors (the demo's labels by
+    default)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -22,8 +23,8 @@ def build_tiny_classifier(folder: Path) -> Path:
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
-        max_position_embeddings=128, num_labels=2, id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1},
+        max_position_embeddings=128, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
     )
     model = BertForSequenceClassification(config).eval()
     model.save_pretrained(folder, safe_serialization=True)
