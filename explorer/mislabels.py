@@ -7,6 +7,7 @@ signal that could not be computed for a row) ranks last.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tempfile
 import zipfile
@@ -90,6 +91,15 @@ def signal_table(train: pd.DataFrame, rankings: Mapping[str, np.ndarray], reason
         table[name] = np.asarray(scores)
     table["why"] = list(reasons)
     return table.reset_index(drop=True)
+
+
+def tables_fingerprint(tables: Mapping[str, pd.DataFrame]) -> str:
+    """A hex digest of the tables' names, columns and values: equal exactly when an export of them would be."""
+    digest = hashlib.sha256()
+    for name, table in tables.items():
+        digest.update(f"{name}\0{list(map(str, table.columns))}\0{len(table)}\0".encode())
+        digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
 
 
 def datasets_zip(tables: Mapping[str, pd.DataFrame]) -> bytes:

@@ -208,14 +208,16 @@ st.caption(
 
 
 scored = mislabels.signal_table(train, scores_by_name, reasons)
+exported = {"cleaned": cleaned, "flags": flags, "scores": scored}
 x1, x2, x3 = st.columns(3)
 if x1.button("Prepare Hugging Face datasets (zip)", key="mf_hf_prepare", icon=":material/folder_zip:"):
-    st.session_state["mf_hf_zip"] = mislabels.datasets_zip({"cleaned": cleaned, "flags": flags,
-                                                                        "scores": scored})
-if "mf_hf_zip" in st.session_state:
-    x1.download_button("Download datasets folders (zip)", st.session_state["mf_hf_zip"],
-                       file_name="mislabel_datasets.zip", mime="application/zip", key="mf_dl_hf", on_click="ignore",
-                       icon=":material/download:")
+    st.session_state["mf_hf_zip"] = (mislabels.tables_fingerprint(exported), mislabels.datasets_zip(exported))
+prepared = st.session_state.get("mf_hf_zip")
+if prepared is not None and prepared[0] == mislabels.tables_fingerprint(exported):
+    x1.download_button("Download datasets folders (zip)", prepared[1], file_name="mislabel_datasets.zip",
+                       mime="application/zip", key="mf_dl_hf", on_click="ignore", icon=":material/download:")
+elif prepared is not None:  # a mark, the analysis or a signal changed since: never offer the old files
+    x1.caption("The reviews or marks changed since the zip was prepared: prepare it again.")
 queue_tasks = mislabels.label_studio_tasks(train, scores_by_name, analysis.label_names, order, reasons)
 x2.download_button("Download queue for Label Studio (JSON)", json.dumps(queue_tasks, indent=1).encode("utf-8"),
                    file_name="mislabel_queue_label_studio.json", mime="application/json", key="mf_dl_ls",

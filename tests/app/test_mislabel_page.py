@@ -146,7 +146,8 @@ def test_marks_from_the_queue_reach_the_datasets_zip(computed, tmp_path):
         at.button(key="mf_hf_prepare").click().run()
         no_exceptions(at)
         assert not at.error, [e.value for e in at.error]
-        zipfile.ZipFile(io.BytesIO(at.session_state["mf_hf_zip"])).extractall(tmp_path)
+        assert at.download_button(key="mf_dl_hf").label == "Download datasets folders (zip)"
+        zipfile.ZipFile(io.BytesIO(at.session_state["mf_hf_zip"][1])).extractall(tmp_path)
         flags = load_from_disk(str(tmp_path / "flags")).to_pandas().set_index("row_id")
         assert flags.loc[first, "mark"] == "mislabeled" and flags.loc[second, "mark"] == "relabel"
         given = int(analysis.train["label"].iloc[queue[1]])
@@ -156,5 +157,12 @@ def test_marks_from_the_queue_reach_the_datasets_zip(computed, tmp_path):
         assert len(cleaned) == len(analysis.train) - 1
         scores = load_from_disk(str(tmp_path / "scores")).to_pandas()
         assert len(scores) == len(analysis.train) and "combined" in scores.columns
+        # one more mark: the prepared zip no longer holds what the page shows, so it is not offered
+        at.button(key="mf_bad").click().run()
+        no_exceptions(at)
+        assert not any(b.key == "mf_dl_hf" for b in at.get("download_button"))
+        assert any("changed since the zip was prepared" in c.value for c in at.caption)
+        at.button(key="mf_hf_prepare").click().run()
+        assert at.download_button(key="mf_dl_hf").label == "Download datasets folders (zip)"
     finally:
         store.clear()  # the other tests start unmarked

@@ -74,3 +74,13 @@ def test_datasets_zip_loads_back_as_the_same_tables(train, tmp_path):
     assert read_flags(pd.read_csv(io.StringIO(csv))) == {11: "mislabeled", 13: {"state": "relabel", "new_label": 1}}
     cleaned = load_from_disk(str(tmp_path / "cleaned")).to_pandas()
     assert cleaned["row_id"].tolist() == [10, 12, 13, 14] and cleaned["label"].tolist() == [0, 1, 1, 1]
+
+
+def test_the_fingerprint_changes_with_any_value_and_only_then(train):
+    first = {"cleaned": train, "scores": train.assign(score=[0.1, 0.2, np.nan, 0.4, 0.5])}
+    same = {"cleaned": train.copy(), "scores": train.assign(score=[0.1, 0.2, np.nan, 0.4, 0.5])}
+    assert mislabels.tables_fingerprint(first) == mislabels.tables_fingerprint(same)
+    changed = {"cleaned": train.assign(label=[0, 1, 1, 0, 0]), "scores": first["scores"]}
+    assert mislabels.tables_fingerprint(changed) != mislabels.tables_fingerprint(first)
+    renamed = {"cleaned": train, "other": first["scores"]}
+    assert mislabels.tables_fingerprint(renamed) != mislabels.tables_fingerprint(first)
