@@ -29,7 +29,7 @@ def suspicion_order(scores: np.ndarray) -> np.ndarray:
 
 
 def signal_ranks(rankings: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each row's rank by each signal: ``{name: [n] int}``, 1 = most suspicious (the order of :func:`suspicion_order`)."""
+    """Each row's rank by each signal: ``{name: [n] int}``, 1 = most suspicious (as :func:`suspicion_order`)."""
     ranks = {}
     for name, scores in rankings.items():
         rank = np.empty(len(scores), dtype=int)

@@ -205,8 +205,6 @@ st.caption(
     "the combined suspicion) and `meta` (rank, every signal, why). Import it into a project whose labelling config "
     "has `<Text name=\"text\" value=\"$text\"/>` and `<Choices name=\"label\" toName=\"text\">` with the model's labels."
 )
-
-
 scored = mislabels.signal_table(train, scores_by_name, reasons)
 exported = {"cleaned": cleaned, "flags": flags, "scores": scored}
 x1, x2, x3 = st.columns(3)
@@ -275,11 +273,12 @@ else:
     kept_names = [f"train {int(i)}" for i in outcome.kept]
     left, right = st.columns(2)
     with left:
-        common.figure(figures.influence_heatmap(before, col_names=kept_names, title="Influence before (model under study)",
-                                                zmax=shared), "influence_before_retrain", key="mf_before")
+        common.figure(figures.influence_heatmap(before, col_names=kept_names,
+                                                title="Influence before (model under study)", zmax=shared),
+                      "influence_before_retrain", key="mf_before")
     with right:
-        common.figure(figures.influence_heatmap(after, col_names=kept_names, title="Influence after (retrained)", zmax=shared),
-                      "influence_after_retrain", key="mf_after")
+        common.figure(figures.influence_heatmap(after, col_names=kept_names, title="Influence after (retrained)",
+                                                zmax=shared), "influence_after_retrain", key="mf_after")
     harmful_before, harmful_after = int((before < 0).sum()), int((after < 0).sum())
     st.caption(f"Harmful pairs: {harmful_before} before, {harmful_after} after, over the same "
                f"{before.shape[0]} test x {before.shape[1]} training reviews (all layers, damping "

@@ -52,8 +52,8 @@ def add_parser(subparsers) -> None:
                         "it a trusted slice is proposed from the training rows (column proposed_trusted)")
     parser.add_argument("--probs", default=None,
                         help="your own out-of-fold class probabilities, one row per training row and one column per "
-                        "class (named by label or in class order; numbers only, without a header, work too); used for oof_loss, oof_margin and cleanlab "
-                        "instead of cross-fitting")
+                        "class (named by label or in class order; numbers only, without a header, work too); used "
+                        "for oof_loss, oof_margin and cleanlab instead of cross-fitting")
     parser.add_argument("--cross-fit", type=int, default=None, metavar="K",
                         help="fine-tune the model's recipe K times, each scoring its held-out fold (out-of-fold "
                         "probabilities; cached). Default 4 when the model folder carries the project's recipe "
@@ -162,7 +162,8 @@ def read_probabilities(path: str, n: int) -> pd.DataFrame:
     """
     table = read_table(path)
     names = [str(c) for c in table.columns]
-    numeric = names and all(_NUMBER.fullmatch(name) or _NUMBER.fullmatch(re.sub(r"\.\d+$", "", name)) for name in names)
+    numeric = names and all(_NUMBER.fullmatch(re.sub(r"\.\d+$", "", name)) or _NUMBER.fullmatch(name)
+                            for name in names)
     if numeric and len(table) == n - 1:
         table = read_table(path, header=False)
     return table
