@@ -284,6 +284,15 @@ def test_read_probabilities_tells_a_headerless_file_from_class_id_names(tmp_path
     named = tmp_path / "named.tsv"
     pd.DataFrame(values, columns=["negative", "positive"]).to_csv(named, sep="\t", index=False)
     assert list(read_probabilities(str(named), 3).columns) == ["negative", "positive"]
+    array = tmp_path / "probs.npy"
+    np.save(array, values)
+    np.testing.assert_allclose(read_probabilities(str(array), 3).to_numpy(), values)
+    np.save(array, values[:, 0])
+    with pytest.raises(DataError, match="2-D array"):
+        read_probabilities(str(array), 3)
+    (tmp_path / "broken.npy").write_bytes(b"not numpy")
+    with pytest.raises(DataError, match="cannot read"):
+        read_probabilities(str(tmp_path / "broken.npy"), 3)
 
 
 @pytest.mark.parametrize("case", ["bad_trusted_label", "bad_probs", "missing_train"])

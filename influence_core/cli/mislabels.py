@@ -13,6 +13,7 @@ import argparse
 import re
 import time
 
+import numpy as np
 import pandas as pd
 
 from influence_core.cli.distributed import add_options, context, progress_bar
@@ -27,7 +28,7 @@ from influence_core.cli.inputs import (
     prepare_factors,
     read_examples,
 )
-from influence_core.errors import ConfigError
+from influence_core.errors import ConfigError, DataError
 from influence_core.mislabel import (
     dynamics_signals,
     mislabel_scores,
@@ -52,8 +53,8 @@ def add_parser(subparsers) -> None:
                         "it a trusted slice is proposed from the training rows (column proposed_trusted)")
     parser.add_argument("--probs", default=None,
                         help="your own out-of-fold class probabilities, one row per training row and one column per "
-                        "class (named by label or in class order; numbers only, without a header, work too); used "
-                        "for oof_loss, oof_margin and cleanlab instead of cross-fitting")
+                        "class (named by label or in class order; numbers only without a header, or a .npy array, work "
+                        "too); used for oof_loss, oof_margin and cleanlab instead of cross-fitting")
     parser.add_argument("--cross-fit", type=int, default=None, metavar="K",
                         help="fine-tune the model's recipe K times, each scoring its held-out fold (out-of-fold "
                         "probabilities; cached). Default 4 when the model folder carries the project's recipe "
@@ -154,12 +155,21 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def read_probabilities(path: str, n: int) -> pd.DataFrame:
-    """``--probs`` for ``n`` training rows: a table with a header, or numbers only (``numpy.savetxt``).
+    """``--probs`` for ``n`` training rows: a table with a header, numbers only (``numpy.savetxt``), or a ``.npy``
+    array ``[n, C]`` (``numpy.save``).
 
     pandas takes a headerless file's first row for names and renames repeats (``0.5``, ``0.5.1``). A file whose
     names are all numbers (once that suffix is dropped) and that holds one row too few is read again without a
     header; names that are class ids (``0``, ``1``) over ``n`` rows stay names.
     """
+    if str(path).lower().endswith(".npy"):
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read {path} as a NumPy array: {err}") from err
+        if array.ndim != 2:
+            raise DataError(f"{path}: expected a 2-D array [rows, classes] of probabilities, got shape {array.shape}")
+        return pd.DataFrame(array)
     table = read_table(path)
     names = [str(c) for c in table.columns]
     numeric = names and all(_NUMBER.fullmatch(re.sub(r"\.\d+$", "", name)) or _NUMBER.fullmatch(name)
