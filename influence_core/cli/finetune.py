@@ -10,9 +10,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from influence_core.cli.inputs import COLUMN_OPTIONS
+from influence_core.cli.inputs import select_cli_columns
 from influence_core.errors import ConfigError
-from influence_core.sources.data import align_labels, label_ids, read_table, select_columns
+from influence_core.sources.data import align_labels, label_ids, read_table
 from influence_core.training.finetune import finetune
 
 
@@ -49,14 +49,15 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: Any) -> int:
     """The ``finetune`` command: read the files, train with a tqdm bar, print where the model went."""
-    train = _cli_table(read_table(args.train), args.text_col, args.label_col, args.train)
+    train = select_cli_columns(read_table(args.train), args.text_col, args.label_col, where=args.train)
     if args.limit is not None:
         train = train.iloc[: max(int(args.limit), 0)]
     names = _cli_label_names(args.labels, train["label"])
     train = align_labels(train, names)
     eval_texts = eval_labels = None
     if args.eval:
-        evaluation = align_labels(_cli_table(read_table(args.eval), args.text_col, args.label_col, args.eval), names)
+        evaluation = align_labels(select_cli_columns(read_table(args.eval), args.text_col, args.label_col,
+                                                  where=args.eval), names)
         eval_texts, eval_labels = evaluation["text"].tolist(), evaluation["label"].tolist()
 
     bars: list[tqdm] = []  # created at the first step, so load errors are not drawn under an empty bar
@@ -92,12 +93,6 @@ def run(args: Any) -> int:
     accuracy = "" if result.eval_accuracy is None else f", eval accuracy {result.eval_accuracy:.4f}"
     print(f"saved {result.out_dir} ({len(train)} examples, {result.seconds:.1f} s{accuracy})")
     return 0
-
-
-def _cli_table(table: Any, text_col: str, label_col: str, where: str) -> Any:
-    if text_col == "text" and "text" not in table.columns and "sentence" in table.columns:
-        text_col = "sentence"
-    return select_columns(table, text_col, label_col, where=where, options=COLUMN_OPTIONS)
 
 
 def _cli_label_names(spec: str | None, labels: Any) -> list[str]:

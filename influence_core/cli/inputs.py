@@ -16,7 +16,7 @@ from influence_core.sources.data import align_labels, read_table, select_columns
 from influence_core.sources.models import LoadedModel, ModelSource
 
 #: The options that name a file's columns, for the message when one is missing.
-COLUMN_OPTIONS = {"text": "--text-col", "label": "--label-col"}
+_COLUMN_OPTIONS = {"text": "--text-col", "label": "--label-col"}
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -64,13 +64,17 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
     return load_any_model(model_source(args.model), progress=Bar("load model"))
 
 
-def read_examples(path: str, args: argparse.Namespace) -> pd.DataFrame:
-    """Read ``path`` into ``text`` and raw ``label`` columns, refusing empty files and missing texts."""
-    table = read_table(path)
-    text_col = args.text_col
+def select_cli_columns(table: pd.DataFrame, text_col: str, label_col: str, *, where: str) -> pd.DataFrame:
+    """:func:`select_columns` for a command line: ``sentence`` stands in for a missing default ``text`` column (as
+    in GLUE's SST-2), and a missing column is reported with the option that names it."""
     if text_col == "text" and "text" not in table.columns and "sentence" in table.columns:
         text_col = "sentence"
-    table = select_columns(table, text_col, args.label_col, where=Path(path).name, options=COLUMN_OPTIONS)
+    return select_columns(table, text_col, label_col, where=where, options=_COLUMN_OPTIONS)
+
+
+def read_examples(path: str, args: argparse.Namespace) -> pd.DataFrame:
+    """Read ``path`` into ``text`` and raw ``label`` columns, refusing empty files and missing texts."""
+    table = select_cli_columns(read_table(path), args.text_col, args.label_col, where=Path(path).name)
     if table.empty:
         raise DataError(f"{path} has no rows")
     missing = table["text"].map(lambda t: not isinstance(t, str) or not t.strip())
